@@ -1,0 +1,17 @@
+"""The `skyform` command line: one click group; each command family lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from reconciler.cli import validate_cmd
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="skyform")
+def main() -> None:
+    """Skyform: declarative GitOps for AI compute (SkyPilot-compatible task YAML)."""
+
+
+# Each command family registers itself here, one line each.
+validate_cmd.register(main)
