@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reconciler.cli import catalog_cmd, validate_cmd
+from reconciler.cli import catalog_cmd, state_cmd, validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,4 +15,5 @@ def main() -> None:
 
 # Each command family registers itself here, one line each.
 validate_cmd.register(main)
+state_cmd.register(main)
 catalog_cmd.register(main)
