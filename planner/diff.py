@@ -14,11 +14,12 @@ from typing import Any
 from planner.catalog import Catalog
 from planner.order import apply_order, with_dependencies
 from planner.placement_schema import optimize_task
-from planner.placement_types import Blocked, LiveOffering, Placement
+from planner.placement_types import Blocked, LiveOffering, Placement, PlacementResult
 from planner.plan import Action, Change, Cost, FieldDiff, Finding, PlacementView, Plan, Summary
 from planner.policy import check_policies
 from planner.spec import flatten, forces_replacement, ignored, spec_hash, spec_of
 from schema.repo import DesiredResource, DesiredState
+from schema.task import Task
 
 FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"})
 RUNNING = frozenset({"PENDING", "STARTING", "SETTING_UP", "RUNNING", "RECOVERING", "UP", "READY"})
@@ -70,7 +71,17 @@ def view(p: Placement) -> PlacementView:
     )
 
 
+_CACHE: dict[int, dict[tuple[str, int, tuple[str, ...]], PlacementResult]] = {}
+
+
 def make_plan(inputs: PlanInputs) -> Plan:
+    try:
+        return _make_plan(inputs)
+    finally:
+        _CACHE.pop(id(inputs), None)
+
+
+def _make_plan(inputs: PlanInputs) -> Plan:
     desired = inputs.desired.resources
     observed = inputs.observed
     findings: list[Finding] = []
@@ -124,9 +135,7 @@ def _place(
     shows the costliest stage, since a pipeline runs one stage at a time."""
     best: tuple[PlacementView | None, tuple[PlacementView, ...]] = (None, ())
     for stage in d.source.tasks:
-        result = optimize_task(
-            stage.task, space, inputs.catalog, offerings=inputs.offerings, blocked=inputs.blocked
-        )
+        result = _optimize(stage.task, inputs, space)
         if result.choice is None:
             label = f" (stage {stage.task.name})" if d.source.is_pipeline else ""
             findings.append(
@@ -137,10 +146,21 @@ def _place(
                 )
             )
             return None, ()
-        views = tuple(view(p) for p in result.candidates)
+        views = tuple(view(p) for p in result.candidates[: 1 + FAILOVER_SHOWN])
         if best[0] is None or views[0].hourly_cost > best[0].hourly_cost:
             best = (views[0], views[1 : 1 + FAILOVER_SHOWN])
     return best
+
+
+def _optimize(task: Task, inputs: PlanInputs, space: tuple[str, ...]) -> PlacementResult:
+    # Repos repeat the same resource shapes; the optimizer is pure, so one answer per shape.
+    key = (task.resources.model_dump_json(), task.num_nodes, space)
+    cache = _CACHE.setdefault(id(inputs), {})
+    if key not in cache:
+        cache[key] = optimize_task(
+            task, space, inputs.catalog, offerings=inputs.offerings, blocked=inputs.blocked
+        )
+    return cache[key]
 
 
 def _running_cost(d: DesiredResource, placement: PlacementView | None) -> float:
@@ -159,17 +179,18 @@ def _create(
     drift: str | None = None,
 ) -> Change:
     placement, failover = _place(d, inputs, space, findings)
+    after = spec_of(d)
     return Change(
         address=d.address,
         kind=d.kind,
         action=Action.CREATE,
         before=None,
-        after=spec_of(d),
+        after=after,
         reasons=reasons,
         placement=placement,
         failover=failover,
         cost_after=_running_cost(d, placement),
-        spec_hash=spec_hash(d),
+        spec_hash=spec_hash(d, after),
         depends_on=d.skyform.depends_on,
         file=d.file,
         drift=drift,
@@ -197,7 +218,7 @@ def _compare(
 ) -> Change:
     policy = inputs.desired.config.policy
     after = spec_of(d)
-    new_hash = spec_hash(d)
+    new_hash = spec_hash(d, after)
     if o.status == MISSING:
         why = o.drift or "deleted outside Skyform"
         if policy.drift == "correct":
@@ -234,9 +255,10 @@ def _compare(
         )
     placement, failover = _place(d, inputs, space, findings)
     forced = [x.path for x in diffs if x.forces_replacement]
+    changed = ", ".join(x.path for x in diffs)
     reason = (
-        "a job is immutable: any change re-runs it"
-        if d.kind == "job" and not forced
+        f"a job is immutable: {changed} changed, so it re-runs"
+        if d.kind == "job"
         else f"{', '.join(forced)} forces replacement"
     )
     return Change(

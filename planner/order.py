@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -38,21 +39,25 @@ def with_dependencies(
 
 def _topological(nodes: Sequence[str], deps: Mapping[str, tuple[str, ...]]) -> list[str]:
     """Dependencies first; ties by address, so the order is deterministic (Kahn's algorithm)."""
-    pending = {n: {d for d in deps.get(n, ()) if d in deps} for n in nodes}
+    members = set(nodes)
+    waiting = {n: {d for d in deps.get(n, ()) if d in members and d != n} for n in nodes}
+    dependents: dict[str, list[str]] = {}
+    for node, ds in waiting.items():
+        for dep in ds:
+            dependents.setdefault(dep, []).append(node)
+    ready = [n for n, ds in waiting.items() if not ds]
+    heapq.heapify(ready)
     order: list[str] = []
-    ready = sorted(n for n, ds in pending.items() if not ds)
     while ready:
-        node = ready.pop(0)
+        node = heapq.heappop(ready)
         order.append(node)
-        for other in sorted(pending):
-            if node in pending[other]:
-                pending[other].discard(node)
-                if not pending[other] and other not in order and other not in ready:
-                    ready.append(other)
-        ready.sort()
-        pending.pop(node, None)
+        for other in dependents.get(node, ()):
+            waiting[other].discard(node)
+            if not waiting[other]:
+                heapq.heappush(ready, other)
     # Cycles are refused when the repo loads; anything left here is ordered by address.
-    order.extend(sorted(n for n in pending if n not in order))
+    done = set(order)
+    order.extend(sorted(n for n in nodes if n not in done))
     return order
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from planner.plan import SENSITIVE
@@ -47,6 +48,16 @@ def _resources_view(res: Resources) -> dict[str, Any]:
     return data
 
 
+_SENSITIVE_ENV = re.compile(
+    r"TOKEN|SECRET|PASSW(OR)?D|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH", re.I
+)
+
+
+def sensitive_env(name: str) -> bool:
+    """Env names that by convention hold credentials are shown as (sensitive value)."""
+    return bool(_SENSITIVE_ENV.search(name))
+
+
 def task_view(task: Task) -> dict[str, Any]:
     data: dict[str, Any] = task.model_dump(
         mode="json",
@@ -58,7 +69,9 @@ def task_view(task: Task) -> dict[str, Any]:
     if resources:
         data["resources"] = resources
     if task.envs:
-        data["envs"] = dict(task.envs)
+        data["envs"] = {
+            k: SENSITIVE if v is not None and sensitive_env(k) else v for k, v in task.envs.items()
+        }
     if task.secrets:
         data["secrets"] = dict.fromkeys(task.secrets, SENSITIVE)
     data["num_nodes"] = task.num_nodes
@@ -86,12 +99,19 @@ def _secret_digest(resource: DesiredResource) -> list[list[str | None]]:
     for t in resource.source.tasks:
         for name, value in sorted(t.task.secrets.items()):
             out.append([name, None if value is None else value.get_secret_value()])
+        for name, env in sorted(t.task.envs.items()):
+            if sensitive_env(name):
+                out.append([f"env:{name}", env])
     return out
 
 
-def spec_hash(resource: DesiredResource) -> str:
+def spec_hash(resource: DesiredResource, spec: dict[str, Any] | None = None) -> str:
+    """Hash of the spec plus secret values; pass `spec` when the caller already built it."""
     payload = json.dumps(
-        {"spec": spec_of(resource), "secrets": _secret_digest(resource)},
+        {
+            "spec": spec if spec is not None else spec_of(resource),
+            "secrets": _secret_digest(resource),
+        },
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -99,13 +119,21 @@ def spec_hash(resource: DesiredResource) -> str:
 
 
 def flatten(spec: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted paths; lists and scalars are leaves."""
+    """Nested mappings to dotted paths (`resources.cpus`), lists of mappings indexed
+    (`stages[1].run`); lists of scalars and scalars are leaves."""
+    if isinstance(spec, list) and spec and all(isinstance(v, dict) for v in spec):
+        out_list: dict[str, Any] = {}
+        for i, item in enumerate(spec):
+            out_list.update(flatten(item, f"{prefix}[{i}]"))
+        return out_list
     if not isinstance(spec, dict) or not spec:
         return {prefix: spec} if prefix else {}
     out: dict[str, Any] = {}
     for key, value in spec.items():
         path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value and key not in ("labels", "envs", "secrets"):
+        nested_list = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        nested_map = isinstance(value, dict) and value and key not in ("labels", "envs", "secrets")
+        if nested_list or nested_map:
             out.update(flatten(value, path))
         elif isinstance(value, dict) and key in ("envs", "secrets", "labels"):
             for k, v in value.items():

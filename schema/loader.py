@@ -136,12 +136,12 @@ def _substitute_envs(data: dict[str, Any], overrides: Mapping[str, str] | None) 
     values: dict[str, str] = {}
     if isinstance(envs, dict):
         values = {str(k): str(v) for k, v in envs.items() if v is not None}
-    if overrides:
-        values.update(overrides)
-        if isinstance(envs, dict) or envs is None:
-            merged = dict(envs or {})
-            merged.update(overrides)
-            data = {**data, "envs": merged}
+    if overrides and isinstance(envs, dict):
+        # Only envs the task declares are filled: one --env for a repo of tasks must not
+        # leak a value (often a token) into every task.
+        declared = {str(k): v for k, v in overrides.items() if k in envs}
+        values.update(declared)
+        data = {**data, "envs": {**envs, **declared}}
     secrets = data.get("secrets")
     if isinstance(secrets, dict):
         values.update({str(k): str(v) for k, v in secrets.items() if v is not None})

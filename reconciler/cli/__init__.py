@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reconciler.cli import catalog_cmd, state_cmd, validate_cmd
+from reconciler.cli import catalog_cmd, plan_cmd, state_cmd, validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,3 +17,4 @@ def main() -> None:
 validate_cmd.register(main)
 state_cmd.register(main)
 catalog_cmd.register(main)
+plan_cmd.register(main)
