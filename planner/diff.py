@@ -68,6 +68,8 @@ def view(p: Placement) -> PlacementView:
         use_spot=p.use_spot,
         num_nodes=p.num_nodes,
         hourly_cost=round(p.total_hourly_cost, 6),
+        vcpus=p.vcpus,
+        memory_gib=p.memory_gib,
     )
 
 

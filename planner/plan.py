@@ -46,6 +46,8 @@ class PlacementView:
     use_spot: bool
     num_nodes: int
     hourly_cost: float
+    vcpus: float | None = None  # per node
+    memory_gib: float | None = None  # per node
 
     @property
     def infra(self) -> str:

@@ -8,10 +8,15 @@ import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from applier.controllers.common import make_provider
+from applier.provider import Provider
+from applier.refresh import Live
+from applier.refresh import refresh as refresh_live
 from planner.catalog import Catalog, load_shipped_catalog
 from planner.diff import Observed, PlanInputs, make_plan
-from planner.placement_types import LiveOffering
+from planner.placement_types import Blocked, LiveOffering
 from planner.plan import PlacementView, Plan
 from schema.errors import SpecError
 from schema.repo import DesiredState, load_repo
@@ -60,6 +65,42 @@ def repo_commit(path: Path) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def provider_settings(desired: DesiredState | None) -> dict[str, Any]:
+    """Per-provider settings from skyform.yaml (today: caps on this machine)."""
+    settings: dict[str, Any] = {}
+    for entry in desired.config.infra if desired is not None else ():
+        if entry.infra.cloud == "local" and entry.caps is not None:
+            caps = entry.caps
+            settings["local"] = {
+                "caps": {"cpus": caps.cpus, "memory_gib": caps.memory, "gpus": caps.gpus}
+            }
+    return settings
+
+
+def providers(desired: DesiredState | None) -> dict[str, Provider]:
+    """The providers usable from here. Cloud and Kubernetes providers join as they land."""
+    settings = provider_settings(desired)
+    return {"local": make_provider("local", skyform_home(), settings)}
+
+
+def live_offerings(provs: Mapping[str, Provider]) -> list[LiveOffering]:
+    """Free capacity as the providers see it now (what Skyform already runs is subtracted)."""
+    out = []
+    for provider in provs.values():
+        for free in provider.capacity():
+            out.append(
+                LiveOffering(
+                    cloud=free.cloud,
+                    region=free.region,
+                    cpus=free.cpus,
+                    memory_gib=free.memory_gib,
+                    accelerator=free.accelerator,
+                    accelerator_count=free.accelerator_count,
+                )
+            )
+    return out
+
+
 def local_offerings() -> list[LiveOffering]:
     """This machine as one node of free capacity (the local provider refines it when it runs)."""
     cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
@@ -74,20 +115,28 @@ def local_offerings() -> list[LiveOffering]:
     return [LiveOffering(cloud="local", region=None, cpus=cpus, memory_gib=memory)]
 
 
-def observed_from(records: list[Resource]) -> dict[str, Observed]:
+def observed_from(
+    records: list[Resource], live: Mapping[str, Live] | None = None
+) -> dict[str, Observed]:
+    """State records, overlaid with what a refresh found live (status, drift, replicas)."""
     out: dict[str, Observed] = {}
     for r in records:
         placement = PlacementView(**r.placement) if r.placement else None
-        deps = tuple(r.spec.get("skyform.depends_on", ())) if isinstance(r.spec, dict) else ()
+        spec = dict(r.spec)
+        deps = tuple(spec.pop("skyform.depends_on", ()))
+        seen = (live or {}).get(r.address)
         out[r.address] = Observed(
             address=r.address,
             kind=r.kind,
-            spec=dict(r.spec),
+            spec=spec,
             spec_hash=r.spec_hash,
-            status=r.status,
+            status=seen.status if seen else r.status,
             placement=placement,
             hourly_cost=placement.hourly_cost if placement else 0.0,
+            drift=seen.drift if seen else None,
+            lifecycle=seen.lifecycle if seen else None,
             depends_on=deps,
+            ready_replicas=seen.ready_replicas if seen else None,
         )
     return out
 
@@ -99,14 +148,29 @@ def build_plan(
     commit: str | None,
     targets: tuple[str, ...] = (),
     catalog: Catalog | None = None,
-    observed: Mapping[str, Observed] | None = None,
+    refresh: bool = True,
+    provs: Mapping[str, Provider] | None = None,
 ) -> Plan:
     meta = store.meta()
+    provs = providers(desired) if provs is None else provs
+    records = store.list_resources()
+    live = refresh_live(records, provs) if refresh else None
+    blocked = [
+        Blocked(
+            cloud=b.placement.infra,
+            region=b.placement.region,
+            zone=b.placement.zone,
+            instance_type=b.placement.instance_type,
+            use_spot=b.placement.use_spot,
+        )
+        for b in store.list_blocked()
+    ]
     inputs = PlanInputs(
         desired=desired,
-        observed=observed if observed is not None else observed_from(store.list_resources()),
+        observed=observed_from(records, live),
         catalog=catalog or load_shipped_catalog(),
-        offerings=local_offerings(),
+        offerings=live_offerings(provs) if provs else local_offerings(),
+        blocked=blocked,
         lineage=meta.lineage,
         serial=meta.serial,
         commit=commit,

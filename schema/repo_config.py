@@ -45,12 +45,22 @@ class Pricing(Frozen):
     accelerators: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
 
 
+class Caps(Frozen):
+    """Upper bounds on what Skyform may use of a place (e.g. this machine), so that failover
+    can be seen on one machine; unset dimensions are what the place has."""
+
+    cpus: Annotated[float | None, Field(gt=0)] = None
+    memory: Annotated[float | None, Field(gt=0)] = None  # GiB
+    gpus: Annotated[int | None, Field(ge=0)] = None
+
+
 class InfraEntry(Frozen):
     """One place in the search space: `aws`, `gcp/us-central1`, `k8s/ctx`, `local`."""
 
     infra: Annotated[Infra, BeforeValidator(parse_infra)]
     pricing: Pricing | None = None
     namespace: str | None = None
+    caps: Caps | None = None
 
     @model_validator(mode="before")
     @classmethod

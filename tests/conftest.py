@@ -16,7 +16,21 @@ EXAMPLES = ROOT / "examples"
 
 @pytest.fixture
 def skyform_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An isolated Skyform home; whatever a test left running in it is stopped afterwards."""
     home = tmp_path / "skyform-home"
     home.mkdir()
     monkeypatch.setenv("SKYFORM_HOME", str(home))
     yield home
+    stop_everything(home)
+
+
+def stop_everything(home: Path) -> None:
+    from applier.controllers import common
+    from applier.providers.local import LocalProvider
+
+    for directory, _ in common.list_controllers(home):
+        common.request_cancel(directory)
+        common.wait_stopped(directory, 20)
+    provider = LocalProvider(home, grace_s=0.5)
+    for observed in provider.observe():
+        provider.terminate(observed.handle)

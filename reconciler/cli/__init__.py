@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reconciler.cli import catalog_cmd, plan_cmd, state_cmd, validate_cmd
+from reconciler.cli import apply_cmd, catalog_cmd, plan_cmd, state_cmd, status_cmd, validate_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,3 +18,5 @@ validate_cmd.register(main)
 state_cmd.register(main)
 catalog_cmd.register(main)
 plan_cmd.register(main)
+apply_cmd.register(main)
+status_cmd.register(main)

@@ -1,0 +1,193 @@
+"""Detached per-resource controllers: the process that keeps a managed job recovered or a
+service's replicas and load balancer alive after `skyform apply` has exited (SkyPilot's jobs
+and serve controllers play this part).
+
+A controller lives in `<home>/controllers/<address>-<id8>/`:
+  spec.json    what to run (written by the applier before start; mode 0600: it holds the task
+               text, which may carry inline secrets, as the repo checkout does)
+  status.json  what the controller reports (written atomically by the controller)
+  pid.json     {"pid", "start_time"}: liveness, robust to pid reuse
+  cancel       present = the user asked to cancel / tear down; the controller cleans up and exits
+  controller.log
+The directory is the controller's tag: `list_controllers` finds every one, so a restarted apply
+adopts a controller a crashed one started instead of starting a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from applier.provider import Placement, Provider
+from applier.providers.local_node import is_alive, proc_stat, read_json, write_json
+from schema.loader import TaskFile, load_tasks
+
+STATUS_FILE = "status.json"
+SPEC_FILE = "spec.json"
+PID_FILE = "pid.json"
+CANCEL_FILE = "cancel"
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """Everything a controller needs, as plain JSON data."""
+
+    kind: str  # "job" | "service"
+    address: str
+    skyform_id: str
+    source_text: str  # the task file as committed (pipelines: every document)
+    source_file: str  # its path in the repo, for error messages
+    base_dir: str  # the infra repo root: relative workdir / file_mounts resolve here
+    candidates: tuple[dict[str, Any], ...]  # Placement dicts in failover order (plan order)
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    version: int = 1  # bumped by the applier for a service's rolling update
+    lb_port: int | None = None  # services: the stable load-balancer port
+    provider_settings: Mapping[str, Any] = field(default_factory=dict)  # e.g. local caps
+    poll_seconds: float = 5.0
+
+    def tasks(self) -> TaskFile:
+        return load_tasks(self.source_text, self.source_file, dict(self.env_overrides))
+
+    def placements(self) -> list[Placement]:
+        return [Placement(**c) for c in self.candidates]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["candidates"] = [dict(c) for c in self.candidates]
+        data["env_overrides"] = dict(self.env_overrides)
+        data["provider_settings"] = dict(self.provider_settings)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ControllerSpec:
+        values = dict(data)
+        values["candidates"] = tuple(values.get("candidates") or ())
+        return cls(**values)
+
+
+def controllers_root(home: Path) -> Path:
+    return home / "controllers"
+
+
+def controller_dir(home: Path, address: str, skyform_id: str) -> Path:
+    return controllers_root(home) / f"{address}-{skyform_id[:8]}"
+
+
+def write_spec(directory: Path, spec: ControllerSpec) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SPEC_FILE
+    write_json(path, spec.to_json())
+    os.chmod(path, 0o600)
+
+
+def read_spec(directory: Path) -> ControllerSpec | None:
+    data = read_json(directory / SPEC_FILE)
+    return None if data is None else ControllerSpec.from_json(data)
+
+
+def read_status(directory: Path) -> dict[str, Any]:
+    return read_json(directory / STATUS_FILE) or {}
+
+
+def write_status(directory: Path, status: Mapping[str, Any]) -> None:
+    write_json(directory / STATUS_FILE, {**status, "updated_at": time.time()})
+
+
+def register_self(directory: Path) -> None:
+    """Called by a controller at start: records its pid and start time for liveness checks."""
+    stat = proc_stat(os.getpid())
+    write_json(directory / PID_FILE, {"pid": os.getpid(), "start_time": stat[1] if stat else 0})
+
+
+def is_running(directory: Path) -> bool:
+    rec = read_json(directory / PID_FILE)
+    return rec is not None and is_alive(int(rec["pid"]), int(rec["start_time"]))
+
+
+def cancel_requested(directory: Path) -> bool:
+    return (directory / CANCEL_FILE).exists()
+
+
+def start(home: Path, spec: ControllerSpec) -> Path:
+    """Start (or adopt, when one already runs for this skyform_id) a detached controller."""
+    directory = controller_dir(home, spec.address, spec.skyform_id)
+    if is_running(directory):
+        write_spec(directory, spec)  # a newer version for a rolling update is picked up
+        return directory
+    write_spec(directory, spec)
+    log = (directory / "controller.log").open("ab")
+    module = f"applier.controllers.{spec.kind}"
+    env = {**os.environ, "SKYFORM_HOME": str(home)}
+    subprocess.Popen(
+        [sys.executable, "-m", module, str(directory)],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,  # outlives the CLI process and its terminal
+        env=env,
+        close_fds=True,
+    )
+    log.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not is_running(directory):
+        if read_status(directory).get("status"):
+            break
+        time.sleep(0.05)
+    return directory
+
+
+def request_cancel(directory: Path) -> None:
+    (directory / CANCEL_FILE).touch()
+    rec = read_json(directory / PID_FILE)
+    if rec is not None and is_alive(int(rec["pid"]), int(rec["start_time"])):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(rec["pid"]), signal.SIGTERM)
+
+
+def wait_stopped(directory: Path, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(directory):
+            return True
+        time.sleep(0.05)
+    return not is_running(directory)
+
+
+def list_controllers(home: Path) -> Iterator[tuple[Path, ControllerSpec]]:
+    root = controllers_root(home)
+    if not root.is_dir():
+        return
+    for directory in sorted(root.iterdir()):
+        spec = read_spec(directory)
+        if spec is not None:
+            yield directory, spec
+
+
+def make_provider(cloud: str, home: Path, settings: Mapping[str, Any]) -> Provider:
+    """The provider for a placement's cloud; SDK-backed ones are imported only when used."""
+    if cloud == "local":
+        from applier.providers.local import LocalProvider
+        from applier.providers.local_machine import LocalCaps
+
+        caps = settings.get("local", {}).get("caps") or {}
+        return LocalProvider(home, caps=LocalCaps(**caps))
+    raise NotImplementedError(f"no provider for {cloud!r} yet")
+
+
+def providers_for(
+    placements: Sequence[Placement], home: Path, settings: Mapping[str, Any]
+) -> dict[str, Provider]:
+    out: dict[str, Provider] = {}
+    for p in placements:
+        if p.cloud not in out:
+            with contextlib.suppress(NotImplementedError):
+                out[p.cloud] = make_provider(p.cloud, home, settings)
+    return out
