@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from applier.controllers.common import make_provider
 from applier.provider import Provider
+from applier.providers import registry
 from applier.refresh import Live
 from applier.refresh import refresh as refresh_live
 from planner.catalog import Catalog, load_shipped_catalog
@@ -66,21 +66,39 @@ def repo_commit(path: Path) -> str | None:
 
 
 def provider_settings(desired: DesiredState | None) -> dict[str, Any]:
-    """Per-provider settings from skyform.yaml (today: caps on this machine)."""
+    """Each provider's settings from skyform.yaml's search space: local caps; Kubernetes
+    contexts with namespace and pricing; cloud regions and zones."""
     settings: dict[str, Any] = {}
     for entry in desired.config.infra if desired is not None else ():
-        if entry.infra.cloud == "local" and entry.caps is not None:
+        cloud = entry.infra.cloud or ""
+        mine = settings.setdefault(cloud, {})
+        if cloud == "local" and entry.caps is not None:
             caps = entry.caps
-            settings["local"] = {
-                "caps": {"cpus": caps.cpus, "memory_gib": caps.memory, "gpus": caps.gpus}
-            }
+            mine["caps"] = {"cpus": caps.cpus, "memory_gib": caps.memory, "gpus": caps.gpus}
+        elif cloud == "kubernetes":
+            mine.setdefault("contexts", []).append(
+                {
+                    "context": entry.infra.region,
+                    "namespace": entry.namespace,
+                    "pricing": entry.pricing.model_dump() if entry.pricing else None,
+                }
+            )
+        elif entry.infra.region:
+            mine.setdefault("regions", []).append(entry.infra.region)
     return settings
 
 
+def search_clouds(desired: DesiredState | None) -> list[str]:
+    clouds = [e.infra.cloud for e in desired.config.infra] if desired is not None else []
+    return [c for c in dict.fromkeys(["local", *clouds]) if c]
+
+
 def providers(desired: DesiredState | None) -> dict[str, Provider]:
-    """The providers usable from here. Cloud and Kubernetes providers join as they land."""
-    settings = provider_settings(desired)
-    return {"local": make_provider("local", skyform_home(), settings)}
+    """The usable providers of the repo's search space (this machine always)."""
+    usable, _ = registry.available(
+        search_clouds(desired), skyform_home(), provider_settings(desired)
+    )
+    return usable
 
 
 def live_offerings(provs: Mapping[str, Provider]) -> list[LiveOffering]:

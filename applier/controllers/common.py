@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from applier.provider import Placement, Provider
+from applier.providers import registry
 from applier.providers.local_node import is_alive, proc_stat, read_json, write_json
 from schema.loader import TaskFile, load_tasks
 
@@ -172,22 +173,15 @@ def list_controllers(home: Path) -> Iterator[tuple[Path, ControllerSpec]]:
 
 
 def make_provider(cloud: str, home: Path, settings: Mapping[str, Any]) -> Provider:
-    """The provider for a placement's cloud; SDK-backed ones are imported only when used."""
-    if cloud == "local":
-        from applier.providers.local import LocalProvider
-        from applier.providers.local_machine import LocalCaps
-
-        caps = settings.get("local", {}).get("caps") or {}
-        return LocalProvider(home, caps=LocalCaps(**caps))
-    raise NotImplementedError(f"no provider for {cloud!r} yet")
+    """The provider for a placement's cloud (see `applier.providers.registry`)."""
+    try:
+        return registry.make_provider(cloud, home, settings)
+    except registry.ProviderUnavailable as exc:
+        raise NotImplementedError(str(exc)) from exc
 
 
 def providers_for(
     placements: Sequence[Placement], home: Path, settings: Mapping[str, Any]
 ) -> dict[str, Provider]:
-    out: dict[str, Provider] = {}
-    for p in placements:
-        if p.cloud not in out:
-            with contextlib.suppress(NotImplementedError):
-                out[p.cloud] = make_provider(p.cloud, home, settings)
-    return out
+    usable, _ = registry.available([p.cloud for p in placements], home, settings)
+    return usable

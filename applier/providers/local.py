@@ -401,3 +401,12 @@ class LocalProvider:
         with (rdir / ".lock").open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             yield
+
+
+def from_settings(home: Path, settings: Mapping[str, Any]) -> LocalProvider:
+    """The registry's factory: `settings` may hold `caps` (cpus, memory_gib, gpus)."""
+    return LocalProvider(home, caps=LocalCaps(**(settings.get("caps") or {})))
+
+
+def check(settings: Mapping[str, Any]) -> str | None:
+    return None  # this machine is always there
