@@ -143,6 +143,31 @@ def launch_cluster(
     raise ExhaustedError(change.address, attempts, blocked)
 
 
+def update_cluster(
+    change: Change,
+    desired: DesiredResource,
+    env: Env,
+    skyform_id: str,
+    old: Mapping[str, Any],
+    notify: Notify,
+) -> Outcome:
+    """In place: stop or start for `skyform: {state: ...}`, else relaunch with the same id
+    (the provider adopts the nodes and re-runs setup when its inputs changed)."""
+    wants_stopped = (change.after or {}).get("skyform.state") == "stopped"
+    data = old.get("handle")
+    provider = env.providers.get(str(old.get("provider", "")))
+    if data and provider is not None:
+        handle = Handle.from_dict(data)
+        if wants_stopped:
+            notify(change.address, "stopping")
+            provider.stop(handle)
+            return Outcome("STOPPED", change.placement, dict(old))
+        if (change.before or {}).get("skyform.state") == "stopped":
+            notify(change.address, "starting")
+            provider.start(handle)
+    return launch_cluster(change, desired, env, skyform_id, notify)
+
+
 def _with_retries(provider: Provider, req: LaunchRequest, retries: int) -> Handle:
     for attempt in range(retries + 1):
         try:

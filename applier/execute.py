@@ -176,6 +176,10 @@ class Executor:
             return None
         assert desired is not None
         if c.kind == "cluster":
+            if c.action == Action.UPDATE:
+                return actions.update_cluster(
+                    c, desired, self.env, job.skyform_id, old, self.notify
+                )
             if c.action == Action.REPLACE or (c.action == Action.CREATE and old):
                 self._teardown(c.kind, old)
             return actions.launch_cluster(c, desired, self.env, job.skyform_id, self.notify)

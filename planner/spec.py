@@ -91,6 +91,8 @@ def spec_of(resource: DesiredResource) -> dict[str, Any]:
     block = resource.skyform
     if block.protect:
         spec["skyform.protect"] = True
+    if block.state != "running":
+        spec["skyform.state"] = block.state
     return spec
 
 
@@ -156,6 +158,7 @@ _IN_PLACE = {
         "file_mounts",
         "name",
         "skyform.protect",
+        "skyform.state",
     ),
     "job": ("skyform.protect",),
     "service": ("service.replicas", "service.replica_policy", "service.load_balancing_policy",

@@ -158,6 +158,7 @@ class SkyformBlock(Frozen):
     depends_on: tuple[str, ...] = ()
     protect: bool = False
     ignore_changes: tuple[str, ...] = ()
+    state: Literal["running", "stopped"] = "running"  # clusters: keep declared nodes stopped
 
     @model_validator(mode="before")
     @classmethod

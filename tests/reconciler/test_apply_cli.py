@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -147,3 +148,25 @@ def test_kill_9_apply_at_random_points_never_orphans_or_duplicates(
     finally:
         _run(["destroy", "--repo", str(root), "--yes"], skyform_home)
     assert _live(skyform_home) == []
+
+
+def test_declared_stopped_cluster_is_stopped_and_started_in_place(
+    tmp_path: Path, skyform_home: Path
+) -> None:
+    root = write_repo(tmp_path / "repo", {k: v for k, v in REPO.items() if k != "clusters/c.yaml"})
+    assert _cli("apply", str(root), "--yes")[0] == 0
+    b = root / "clusters" / "b.yaml"
+    b.write_text(REPO["clusters/b.yaml"] + "skyform: {state: stopped}\n")
+    code, out = _cli("apply", str(root), "--yes")
+    assert code == 0, out
+    assert re.search(r'\+ skyform\.state\s+= "stopped"', out), out
+    states = {o.handle.address: o.status.value for o in LocalProvider(skyform_home).observe()}
+    assert states == {"cluster.a": "UP", "cluster.b": "STOPPED"}
+    rows = json.loads(_cli("status", "--format", "json", "--repo", str(root))[1])
+    assert {r["address"]: r["status"] for r in rows}["cluster.b"] == "STOPPED"
+    b.write_text(REPO["clusters/b.yaml"])
+    code, out = _cli("apply", str(root), "--yes")
+    assert code == 0, out
+    states = {o.handle.address: o.status.value for o in LocalProvider(skyform_home).observe()}
+    assert states == {"cluster.a": "UP", "cluster.b": "UP"}
+    assert _cli("apply", str(root), "--yes")[1].count("No changes.") == 1

@@ -1,0 +1,39 @@
+"""Autostop: a cluster idle for longer than its `autostop` minutes is stopped (or torn down
+with `down: true`), as SkyPilot's skylet does on the cluster itself. The daemon calls this on
+each drift tick; activity is the provider's `last_active` (launch, run, start, interactive use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from applier.provider import Provider, ResourceKind, ResourceStatus
+
+
+@dataclass(frozen=True)
+class Stopped:
+    address: str
+    down: bool
+    idle_minutes: float
+
+
+def enforce(providers: Mapping[str, Provider], now: float) -> list[Stopped]:
+    """Stop (or terminate) every idle cluster; one observe() per provider."""
+    done: list[Stopped] = []
+    for provider in providers.values():
+        for res in provider.observe():
+            minutes = res.autostop_minutes
+            if res.handle.kind != ResourceKind.CLUSTER or minutes is None:
+                continue
+            if res.status != ResourceStatus.UP:
+                continue
+            idle = (now - res.last_active) / 60.0
+            if idle < minutes:
+                continue
+            action: Callable[..., object] = (
+                provider.terminate if res.autostop_down else provider.stop
+            )
+            action(res.handle)
+            done.append(Stopped(res.handle.address, res.autostop_down, round(idle, 1)))
+    return done
