@@ -7,6 +7,7 @@ never touch the store and can run in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import time
@@ -158,6 +159,11 @@ def update_cluster(
     provider = env.providers.get(str(old.get("provider", "")))
     if data and provider is not None:
         handle = Handle.from_dict(data)
+        if change.drift and not wants_stopped:
+            # A node lost outside Skyform: start() brings back the nodes that are gone.
+            notify(change.address, f"healing drift ({change.drift})")
+            with contextlib.suppress(ProviderError):  # e.g. a launch to finish, not restart
+                provider.start(handle)
         if wants_stopped:
             notify(change.address, "stopping")
             provider.stop(handle)
@@ -223,11 +229,33 @@ def stop_controller(handles: Mapping[str, Any], timeout: float = 60.0) -> None:
     if not directory:
         return
     path = Path(directory)
+    if not controllers.is_running(path) and _may_hold_resources(path):
+        # A dead controller cannot tear down what it ran: start it again with the cancel
+        # already requested; it adopts its resources, terminates them and exits.
+        spec = controllers.read_spec(path)
+        if spec is not None:
+            (path / controllers.CANCEL_FILE).touch()
+            controllers.start(path.parent.parent, spec)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and (
+                _may_hold_resources(path) or controllers.is_running(path)
+            ):
+                time.sleep(0.1)
     if controllers.is_running(path):
         controllers.request_cancel(path)
         if not controllers.wait_stopped(path, timeout):
             raise ProviderError(f"controller in {path} did not stop within {timeout:.0f}s")
     shutil.rmtree(path, ignore_errors=True)
+
+
+_ENDED = frozenset(
+    {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED", "SHUTDOWN"}
+)
+
+
+def _may_hold_resources(path: Path) -> bool:
+    status = controllers.read_status(path)
+    return status.get("status") not in _ENDED or bool(status.get("retiring"))
 
 
 def terminate_cluster(handles: Mapping[str, Any], providers: Mapping[str, Provider]) -> None:

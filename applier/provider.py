@@ -192,6 +192,7 @@ class FreeCapacity:
     accelerator: str | None = None
     accelerator_count: int = 0
     nodes: int = 1
+    hourly_price: float = 0.0  # $/h of one task node here (owned capacity: 0 unless priced)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 from applier.controllers import common as controllers
 from applier.provider import Provider, ResourceStatus
+from schema.errors import ProviderError, TransientError
 from state import Resource, Store
 
 JOB_DONE = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"})
@@ -35,8 +36,13 @@ def refresh(records: list[Resource], providers: Mapping[str, Provider]) -> dict[
         provider = providers.get(name)
         if provider is None:
             continue
-        # One listing per provider, never one call per resource.
-        by_provider[name] = {o.handle.skyform_id: o for o in provider.observe()}
+        # One listing per provider, never one call per resource. A provider that cannot be
+        # reached says nothing about its resources: they keep their recorded status rather
+        # than read as deleted (and get relaunched).
+        try:
+            by_provider[name] = {o.handle.skyform_id: o for o in provider.observe()}
+        except (TransientError, ProviderError):
+            continue
     for r in records:
         handles = r.handles or {}
         if r.kind == "cluster":

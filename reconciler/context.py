@@ -114,6 +114,8 @@ def live_offerings(provs: Mapping[str, Provider]) -> list[LiveOffering]:
                     memory_gib=free.memory_gib,
                     accelerator=free.accelerator,
                     accelerator_count=free.accelerator_count,
+                    hourly_price=free.hourly_price,
+                    nodes=free.nodes,
                 )
             )
     return out

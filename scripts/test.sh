@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh dev
 . .venv/bin/activate
 bash scripts/ensure-postgres.sh
+bash scripts/ensure-chromium.sh
+bash scripts/ensure-sshd.sh
 echo "== ruff" && ruff check . && ruff format --check .
 echo "== mypy --strict" && mypy
 echo "== import-linter" && lint-imports --no-cache

@@ -34,9 +34,12 @@ def _module(cloud: str) -> Any:
         raise ProviderUnavailable(f"Skyform has no provider for {cloud!r} yet")
     try:
         return importlib.import_module(name)
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            raise ProviderUnavailable(f"Skyform's {cloud} provider is not available yet") from None
         raise ProviderUnavailable(
-            f"{cloud}: {exc}; install it with `pip install 'skyform[{cloud}]'`"
+            f"{cloud}: the SDK is missing ({exc.name}); install it with "
+            f"`pip install 'skyform[{cloud}]'`"
         ) from None
 
 

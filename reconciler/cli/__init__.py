@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from reconciler.cli import apply_cmd, catalog_cmd, plan_cmd, state_cmd, status_cmd, validate_cmd
+from reconciler.cli import (
+    apply_cmd,
+    catalog_cmd,
+    check_cmd,
+    plan_cmd,
+    reconcile_cmd,
+    ssh_cmd,
+    state_cmd,
+    status_cmd,
+    validate_cmd,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,3 +30,6 @@ catalog_cmd.register(main)
 plan_cmd.register(main)
 apply_cmd.register(main)
 status_cmd.register(main)
+reconcile_cmd.register(main)
+ssh_cmd.register(main)
+check_cmd.register(main)

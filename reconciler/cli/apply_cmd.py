@@ -22,6 +22,7 @@ from planner.plan import Action, Plan, PlanFormatError, from_json
 from planner.render_text import render_text
 from reconciler.cli.common import env_option, parse_env_pairs
 from reconciler.cli.plan_cmd import print_spec_error
+from reconciler.cli.ssh_cmd import update_ssh_config
 from reconciler.context import (
     build_plan,
     load_desired,
@@ -178,6 +179,7 @@ def apply(
                 provider_settings=provider_settings(desired),
             )
             result = run_plan(plan, desired, store, world, parallelism)
+            update_ssh_config(store)  # keeps `ssh <cluster>` working
     except StalePlanError as exc:
         raise click.ClickException(str(exc)) from exc
     except SkyformError as exc:
@@ -223,6 +225,7 @@ def destroy(
             world = Env(home=skyform_home(), base_dir=root.resolve(), providers=provs)
             empty = DesiredState(str(root), _config(desired), {}, 0)
             result = run_plan(plan, empty, store, world, parallelism)
+            update_ssh_config(store)  # keeps `ssh <cluster>` working
     except SkyformError as exc:
         raise click.ClickException(str(exc)) from exc
     _report(result, "Destroy")

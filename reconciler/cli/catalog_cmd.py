@@ -17,7 +17,8 @@ from planner.catalog import SHIPPED_CLOUDS, Catalog, load_shipped_catalog
 from planner.optimizer import optimize
 from planner.placement_schema import optimize_task
 from planner.placement_types import Placement, PlacementResult, Request
-from schema.errors import SpecError
+from reconciler.context import skyform_home
+from schema.errors import SkyformError, SpecError
 from schema.loader import load_task_file
 
 DEFAULT_SEARCH_SPACE = ("aws", "gcp")
@@ -160,7 +161,14 @@ def _detail_table(offers: Sequence[GpuOffer]) -> Table:
 @click.option("--all", "show_all", is_flag=True, help="Every accelerator, TPUs included.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def show_gpus(accelerator: str | None, infras: tuple[str, ...], show_all: bool, fmt: str) -> None:
-    """List accelerators, their counts and cheapest on-demand/spot price per infra."""
+    """List accelerators, their counts and cheapest on-demand/spot price per infra; for
+    `--infra kubernetes[/context]`, the GPUs of the cluster: total and free per type."""
+    kube = tuple(i for i in infras if i.split("/")[0].lower() in KUBERNETES_NAMES)
+    if kube:
+        _show_kubernetes_gpus(kube, accelerator, fmt)
+        infras = tuple(i for i in infras if i not in kube)
+        if not infras:
+            return
     clouds = tuple(i.split("/")[0].lower() for i in infras) or SHIPPED_CLOUDS
     unknown = [c for c in clouds if c not in SHIPPED_CLOUDS]
     if unknown:
@@ -177,6 +185,52 @@ def show_gpus(accelerator: str | None, infras: tuple[str, ...], show_all: bool, 
         raise click.ClickException(f"no accelerator {what}in the catalog of {', '.join(clouds)}")
     table = _detail_table(offers) if accelerator else _summary_table(offers)
     Console().print(table)
+
+
+KUBERNETES_NAMES = ("kubernetes", "k8s")
+
+
+def kubernetes_gpus(infras: Sequence[str]) -> list[dict[str, object]]:
+    """Per context and GPU type: total and free GPUs, from the cluster's nodes and pods
+    (`kubernetes` alone: the kubeconfig's current context)."""
+    contexts = [{"context": i.partition("/")[2] or None} for i in infras]
+    try:
+        from applier.providers import kubernetes as k8s  # imports the SDK: only when asked
+    except ImportError as exc:
+        raise click.ClickException(
+            f"kubernetes: {exc}; install it with `pip install 'skyform[kubernetes]'`"
+        ) from None
+    reason = k8s.check({"contexts": contexts})
+    if reason:
+        raise click.ClickException(reason)
+    try:
+        return k8s.gpu_availability({"contexts": contexts}, skyform_home())
+    except SkyformError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _show_kubernetes_gpus(infras: Sequence[str], name_filter: str | None, fmt: str) -> None:
+    rows = [
+        r
+        for r in kubernetes_gpus(infras)
+        if name_filter is None or name_filter.lower() in str(r["accelerator"]).lower()
+    ]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="Kubernetes GPUs (free = allocatable minus Running/Pending pods' requests)")
+    for col in ("CONTEXT", "GPU", "REQUESTABLE QTY PER NODE", "FREE", "TOTAL", "NODES"):
+        table.add_column(col)
+    for r in rows:
+        per_node = r["requestable_per_node"]
+        assert isinstance(per_node, list)
+        table.add_row(
+            str(r["context"]), str(r["accelerator"]), ", ".join(str(n) for n in per_node),
+            str(r["free"]), str(r["total"]), str(r["nodes"]),
+        )  # fmt: skip
+    Console().print(table)
+    if not rows:
+        click.echo("no GPUs found in the cluster (no node carries a GPU label and nvidia.com/gpu)")
 
 
 def _task_entries(path: Path, space: Sequence[str], catalog: Catalog) -> list[dict[str, object]]:

@@ -90,7 +90,7 @@ def status(fmt: str, root: Path, state_url: str | None) -> None:
         click.echo("Nothing is running. Run `skyform apply` in an infra repo.")
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("ADDRESS", "STATUS", "INFRA", "RESOURCES", "$/H", "AGE", "ENDPOINT"):
+    for col in ("ADDRESS", "STATUS", "INFRA", "RESOURCES", "$/H", "AGE", "ENDPOINT", "CONNECT"):
         table.add_column(col)
     for row in rows:
         state = row["status"] + (f" ({row['drift']})" if row["drift"] else "")
@@ -102,6 +102,7 @@ def status(fmt: str, root: Path, state_url: str | None) -> None:
             f"{row['cost_per_hour']:.2f}",
             row["age"],
             row["endpoint"] or "-",
+            row["connect"] or "-",
         )
     Console(width=160 if not sys.stdout.isatty() else None).print(table)
 

@@ -170,3 +170,52 @@ def test_declared_stopped_cluster_is_stopped_and_started_in_place(
     states = {o.handle.address: o.status.value for o in LocalProvider(skyform_home).observe()}
     assert states == {"cluster.a": "UP", "cluster.b": "UP"}
     assert _cli("apply", str(root), "--yes")[1].count("No changes.") == 1
+
+
+def _node_pgid(home: Path, address: str) -> int:
+    for res in LocalProvider(home).observe():
+        if res.handle.address == address:
+            pid_file = home / "local" / res.handle.resource_id / "node-0" / "state" / "pid.json"
+            return int(json.loads(pid_file.read_text())["pgid"])
+    raise AssertionError(f"{address} not found")
+
+
+def test_a_node_killed_outside_skyform_is_healed(tmp_path: Path, skyform_home: Path) -> None:
+    root = write_repo(tmp_path / "repo", {k: v for k, v in REPO.items() if k != "clusters/c.yaml"})
+    assert _cli("apply", str(root), "--yes")[0] == 0
+    os.killpg(_node_pgid(skyform_home, "cluster.b"), signal.SIGKILL)
+    time.sleep(0.5)
+    code, out = _cli("plan", str(root), "--detailed-exitcode")
+    assert code == 2 and "drift: a node was lost outside Skyform" in out
+    code, out = _cli("apply", str(root), "--yes")
+    assert code == 0, out
+    states = {o.handle.address: o.status.value for o in LocalProvider(skyform_home).observe()}
+    assert states == {"cluster.a": "UP", "cluster.b": "UP"}
+    assert _cli("plan", str(root), "--detailed-exitcode")[0] == 0
+
+
+def test_a_job_whose_controller_died_is_rerun_without_leaking_its_node(
+    tmp_path: Path, skyform_home: Path
+) -> None:
+    files = {
+        "skyform.yaml": REPO["skyform.yaml"],
+        "jobs/long.yaml": "resources: {cpus: 0.1, memory: 0.1}\nrun: sleep 60\n",
+    }
+    root = write_repo(tmp_path / "repo", files)
+    assert _cli("apply", str(root), "--yes")[0] == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not LocalProvider(skyform_home).observe():
+        time.sleep(0.2)
+    [controller] = list((skyform_home / "controllers").iterdir())
+    os.kill(json.loads((controller / "pid.json").read_text())["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    code, out = _cli("apply", str(root), "--yes")
+    assert code == 0, out
+    assert "drift: its controller stopped before the job finished" in out
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        live = [o.handle.address for o in LocalProvider(skyform_home).observe()]
+        if live == ["job.long"]:
+            break
+        time.sleep(0.2)
+    assert live == ["job.long"], live

@@ -1,0 +1,323 @@
+"""The `gcp` provider: GCE instances (standard or spot) labelled with the resource's Skyform id
+and sanitized address, found again by one aggregated list; setup and run over SSH
+(`cloud_nodes`). google-cloud-compute is imported in `gcp_compute` only.
+
+- A placement's zone (the plan always names one for GCP) is where every node is inserted; a
+  placement without one tries `<region>-a`, `-b`, `-c`, `-f` in order. Stockouts and quota
+  errors become CapacityError (the applier fails over and blocks the place), rate limits
+  TransientError.
+- Preemption: a spot instance that GCE stopped (TERMINATED) or deleted makes the run PREEMPTED;
+  a standard instance lost outside Skyform NODE_LOST.
+- Deleted resources are remembered under `<home>/gcp/gone/`, since GCE lists an instance for a
+  while as it is deleted.
+- Settings: `regions`, `project_id`, `image_id`, `ssh_user` (gcpuser), `remote_root`,
+  `ssh_host_override` and `api_endpoint` (tests only), `boot_timeout_s`, `ssh_timeout_s`,
+  `poll_s`, `operation_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from applier.provider import (
+    FreeCapacity,
+    Handle,
+    LaunchRequest,
+    ObservedResource,
+    Placement,
+    ResourceKind,
+    Selector,
+)
+from applier.providers import cloud_nodes, gcp_compute, gcp_spec, ssh, ssh_node
+from applier.providers import local_files as files
+from applier.providers.gcp_instances import Instances, group_by_id, label
+from applier.providers.ssh_provider import SshNodesProvider
+from schema.errors import CapacityError, ProviderError
+
+
+class GcpProvider(SshNodesProvider[Instances]):
+    """See the module docstring. Built by `from_settings`."""
+
+    name = "gcp"
+
+    def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
+        self._home = home
+        self._root = home / "gcp"
+        self._settings = dict(settings)
+        self._compute: gcp_compute.Compute | None = None
+        self._lock = threading.Lock()
+        self._boot_timeout = float(settings.get("boot_timeout_s", 600.0))
+        self._ssh_timeout = float(settings.get("ssh_timeout_s", 300.0))
+        self._poll = float(settings.get("poll_s", 2.0))
+
+    @property
+    def compute(self) -> gcp_compute.Compute:
+        with self._lock:  # built on first use: credentials are read once, lazily
+            if self._compute is None:
+                self._compute = gcp_compute.Compute(self._settings)
+            return self._compute
+
+    def capacity(self) -> list[FreeCapacity]:
+        return []  # clouds are sized by the catalog; stockouts show up at launch
+
+    # ---- launch ---------------------------------------------------------------------------
+
+    def launch(self, req: LaunchRequest) -> Handle:
+        self._validate(req)
+        found = self.compute.owned({"skyform-id": label(req.skyform_id)})
+        group = group_by_id(found, self._gone()).get(label(req.skyform_id))
+        created = group is None or not group.alive_or_pending()
+        if created:
+            group = Instances(self._create(req))
+        assert group is not None
+        try:
+            group = self._wait_running(req, group)
+            handle = self._handle(group)
+            self._remember(handle)
+            # Adopting: the node drivers notice they were started already and are left alone.
+            self._start_runs(replace(req, task_id=handle.task_id), group)
+        except BaseException:
+            if created:  # leave nothing behind; an adopted resource is not ours to end here
+                self._delete(group.items, req.skyform_id)
+            raise
+        return handle
+
+    def _validate(self, req: LaunchRequest) -> None:
+        if req.placement.cloud != "gcp":
+            raise ProviderError(f"{req.address}: placement {req.placement.describe()} is not gcp")
+        if not req.placement.instance_type:
+            raise ProviderError(f"{req.address}: a gcp placement needs an instance type")
+        if not req.placement.zone and not req.placement.region:
+            raise ProviderError(f"{req.address}: a gcp placement needs a region or zone")
+        if req.num_nodes < 1:
+            raise ProviderError(f"{req.address}: num_nodes must be at least 1")
+        ssh_node.check_task(req.address, req.task)
+        files.base_env(req)  # a missing env value fails before anything is created
+
+    def _create(self, req: LaunchRequest) -> list[dict[str, Any]]:
+        """Every node in the placement's zone, or in each default zone of the region in turn."""
+        p = req.placement
+        zones = [p.zone] if p.zone else [f"{p.region}-{z}" for z in "abcf"]
+        errors = []
+        for zone in zones:
+            try:
+                return self._create_in(req, zone)
+            except CapacityError as exc:
+                if p.zone or "quota" in str(exc):
+                    raise  # the plan's own zone, or a regional quota other zones share
+                errors.append(f"{zone}: {exc}")
+        raise CapacityError(f"{req.address}: no zone could take it: " + "; ".join(errors), p)
+
+    def _create_in(self, req: LaunchRequest, zone: str) -> list[dict[str, Any]]:
+        """All nodes or none: a gang, so a partial launch is deleted before failing over."""
+        _, public = ssh.ensure_key(self._home)
+        user = self._user()
+        handle = self._handle_fields(req)
+        made: list[dict[str, Any]] = []
+        try:
+            for rank in range(req.num_nodes):
+                body = gcp_spec.instance_body(req, zone, rank, self._settings, user, public, handle)
+                self.compute.insert(zone, body, req.placement)
+                made.append({"name": body["name"], "zone": zone})
+        except BaseException:
+            self._delete(made, None)
+            raise
+        return [i for m in made if (i := self.compute.get(zone, m["name"])) is not None]
+
+    def _handle_fields(self, req: LaunchRequest) -> str:
+        meta = files.new_record(req, time.time())
+        fields = {
+            "address": req.address,
+            "skyform_id": req.skyform_id,
+            "kind": req.kind.value,
+            "task_id": str(meta["task_id"]),
+            "num_nodes": req.num_nodes,
+            "placement": asdict(req.placement),
+            "ports": list(req.ports),
+        }
+        return json.dumps(fields, separators=(",", ":"))
+
+    def _wait_running(self, req: LaunchRequest, group: Instances) -> Instances:
+        """Until every node runs; a node ended while booting is a capacity loss."""
+        deadline = time.monotonic() + self._boot_timeout
+        while True:
+            states = group.states(req.num_nodes)
+            if cloud_nodes.GONE in states:
+                raise CapacityError(
+                    f"{req.address}: {states.count(cloud_nodes.GONE)} instance(s) ended while "
+                    f"booting on {req.placement.describe()}",
+                    req.placement,
+                )
+            if cloud_nodes.STOPPED in states:
+                raise ProviderError(f"{req.address} is stopped; start it before updating it")
+            if all(s == cloud_nodes.UP for s in states):
+                return group
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"{req.address}: instances not running after {self._boot_timeout:g}s"
+                )
+            time.sleep(self._poll)
+            group = self._refetch(group)
+
+    def _start_runs(self, req: LaunchRequest, group: Instances) -> None:
+        envs = cloud_nodes.node_envs(req, "GCP", group.private_ips(), time.time())
+        cloud_nodes.start_runs(self._nodes(group), req, envs)
+
+    # ---- observe --------------------------------------------------------------------------
+
+    def observe(self, selector: Selector | None = None) -> list[ObservedResource]:
+        sel = selector or Selector()
+        labels = {"skyform-id": label(sel.skyform_id)} if sel.skyform_id else {}
+        if sel.address:
+            labels["skyform-address"] = label(sel.address)
+        gone = self._gone()
+        groups = group_by_id(self.compute.owned(labels), gone)
+        out = []
+        for group in groups.values():
+            handle = self._handle(group)
+            if selector is None or selector.matches(handle):
+                out.append(self._observed(group, handle))
+        # GCE forgets deleted instances at once: a resource launched from here whose instances
+        # all vanished (a spot deletion, a console delete) is still reported, as lost.
+        for sid, handle in self._launched().items():
+            if sid not in groups and sid not in gone and sel.matches(handle):
+                out.append(self._observed(Instances([]), handle))
+        return out
+
+    # ---- run, stop, start, terminate ------------------------------------------------------
+
+    def stop(self, handle: Handle) -> None:
+        self.check_stoppable(handle)
+        for zone, name in self._names(handle):
+            self.compute.act("stop", zone, name, wait=True)
+
+    def start(self, handle: Handle) -> Handle:
+        if handle.kind != ResourceKind.CLUSTER:
+            raise ProviderError(f"{handle.address}: only clusters can be started")
+        group = self._by_handle(handle)
+        if cloud_nodes.GONE in group.states(handle.num_nodes):
+            raise ProviderError(f"{handle.address}: its instances are gone; launch it again")
+        for instance in group.items:
+            if instance.get("status") in ("TERMINATED", "STOPPING", "SUSPENDED"):
+                self.compute.act("start", _zone(instance, handle), instance["name"], wait=True)
+        deadline = time.monotonic() + self._boot_timeout
+        group = self._by_handle(handle)
+        while not all(s == cloud_nodes.UP for s in group.states()):
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{handle.address}: not running {self._boot_timeout:g}s on")
+            time.sleep(self._poll)
+            group = self._by_handle(handle)
+        return self._handle(group)
+
+    def terminate(self, handle: Handle) -> None:
+        found = self.compute.owned({"skyform-id": label(handle.skyform_id)})
+        known = [{"name": n, "zone": z} for z, n in self._names(handle)]
+        self._delete([*known, *found], handle.skyform_id)
+
+    def _delete(self, instances: list[dict[str, Any]], skyform_id: str | None) -> None:
+        if skyform_id is not None:
+            gone = self._root / "gone"
+            gone.mkdir(parents=True, exist_ok=True)
+            (gone / label(skyform_id)).touch()  # first: observe() must never resurrect it
+            (self._root / "launched" / f"{label(skyform_id)}.json").unlink(missing_ok=True)
+        done = set()
+        for instance in instances:
+            key = (str(instance["zone"]).rsplit("/", 1)[-1], str(instance["name"]))
+            if key not in done:
+                done.add(key)
+                self.compute.act("delete", *key, wait=False)
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _names(self, handle: Handle) -> list[tuple[str, str]]:
+        """(zone, name) per node; the handle's resource id is `zone/name,...`."""
+        out = []
+        for part in handle.resource_id.split(","):
+            zone, _, name = part.rpartition("/")
+            out.append((zone or handle.placement.zone or "", name))
+        return out
+
+    def _by_handle(self, handle: Handle) -> Instances:
+        found = (self.compute.get(zone, name) for zone, name in self._names(handle))
+        return Instances(i for i in found if i is not None)
+
+    def _refetch(self, group: Instances) -> Instances:
+        found = (self.compute.get(_zone(i, None), str(i["name"])) for i in group.items)
+        return Instances(i for i in found if i is not None)
+
+    def _remember(self, handle: Handle) -> None:
+        launched = self._root / "launched"
+        launched.mkdir(parents=True, exist_ok=True)
+        tmp = launched / f".{label(handle.skyform_id)}.{threading.get_ident()}"
+        tmp.write_text(json.dumps(handle.as_dict()))
+        tmp.replace(launched / f"{label(handle.skyform_id)}.json")
+
+    def _launched(self) -> dict[str, Handle]:
+        launched = self._root / "launched"
+        paths = sorted(launched.glob("*.json")) if launched.is_dir() else []
+        return {p.stem: Handle.from_dict(json.loads(p.read_text())) for p in paths}
+
+    def _gone(self) -> set[str]:
+        gone = self._root / "gone"
+        return {p.name for p in gone.iterdir()} if gone.is_dir() else set()
+
+    def _user(self) -> str:
+        return str(self._settings.get("ssh_user") or "gcpuser")
+
+    def _nodes(self, group: Instances) -> cloud_nodes.Nodes:
+        key, _ = ssh.ensure_key(self._home)
+        user = self._user()
+        targets = tuple(ssh.target(ip, self._settings, user, key) for ip in group.ssh_ips())
+        f = group.handle_fields()
+        resource = files.resource_dir_name(f["address"], f["skyform_id"])
+        return cloud_nodes.Nodes(
+            resource=resource,
+            targets=targets,
+            root=str(self._settings.get("remote_root") or ssh_node.DEFAULT_ROOT),
+            mirror=self._root / resource,
+            connect_timeout=self._ssh_timeout,
+            connect_interval=min(self._poll, 2.0),
+        )
+
+    def _mirror_of(self, handle: Handle) -> Path:
+        return self._root / files.resource_dir_name(handle.address, handle.skyform_id)
+
+    def _handle(self, group: Instances) -> Handle:
+        f = group.handle_fields()
+        kind = ResourceKind(f["kind"])
+        ports = tuple(int(p) for p in f["ports"])
+        endpoint = None
+        if kind == ResourceKind.SERVICE_REPLICA and ports:
+            endpoint = f"{group.ssh_ips()[0]}:{ports[0]}"
+        return Handle(
+            provider=self.name,
+            address=f["address"],
+            skyform_id=f["skyform_id"],
+            kind=kind,
+            placement=Placement(**f["placement"]),
+            num_nodes=int(f["num_nodes"]),
+            resource_id=",".join(f"{_zone(i, None)}/{i['name']}" for i in group.items),
+            task_id=f["task_id"],
+            endpoint=endpoint,
+            ports=ports,
+        )
+
+
+def _zone(instance: dict[str, Any], handle: Handle | None) -> str:
+    zone = str(instance.get("zone") or "").rsplit("/", 1)[-1]
+    return zone or (handle.placement.zone if handle and handle.placement.zone else "")
+
+
+def from_settings(home: Path, settings: Mapping[str, Any]) -> GcpProvider:
+    return GcpProvider(home, settings)
+
+
+def check(settings: Mapping[str, Any]) -> str | None:
+    """Usable with application default credentials and a project; GCE itself is not called."""
+    return gcp_compute.credentials_problem(settings)

@@ -1,0 +1,350 @@
+"""The `kubernetes` provider: clusters, jobs and service replicas as pods (one per node) in the
+contexts of the search space, on the official `kubernetes` client.
+
+- Where: `placement.region` is the context (kubeconfig, KUBECONFIG honoured, or in-cluster);
+  the namespace is the skyform.yaml entry's, else the context's, else `default`.
+- Tags: every pod carries `skyform.io/id`, `skyform.io/address` (label-safe) and the resource's
+  name; the annotation `skyform.io/handle` holds what observe() needs to rebuild the Handle, so
+  `observe` is one list call per (context, namespace) and a crashed launch is adopted.
+- GPUs: `nvidia.com/gpu` requests and limits, and a required node affinity on the GPU label the
+  cluster's nodes carry (see kubernetes_capacity.GPU_LABEL_KEYS).
+- Gang scheduling: all pods are created, then all must be scheduled within `schedule_timeout_s`
+  (10 s by default, as SkyPilot); an Unschedulable pod (or the timeout, with the scheduler's
+  FailedScheduling events as the reason) deletes everything created and raises CapacityError.
+  With a cluster autoscaler set `wait_for_autoscaler` so Unschedulable waits out the timeout.
+- Kueue (optional): with `queue: <LocalQueue>` the pods carry Kueue's queue-name and
+  pod-group labels (and the group's size), so Kueue admits the gang at once; gated pods are not
+  Unschedulable, so give `schedule_timeout_s` room for queueing.
+- Services: a replica listens on `ports[0]` (else the service's `ports`, else 8080; also given
+  as PORT); its pod gets a readinessProbe from the readiness_probe, and its endpoint is
+  `<pod IP>:<port>`, reachable from inside the cluster (Skyform's load balancer fronts it).
+- Clusters cannot be stopped on Kubernetes (as in SkyPilot): stop/start raise ProviderError.
+- Not yet: workdir and file mounts (bake them into the image or fetch them in setup).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from applier.provider import (
+    FreeCapacity,
+    Handle,
+    JobState,
+    LaunchRequest,
+    LogFile,
+    ObservedResource,
+    Placement,
+    Selector,
+    node_shape,
+)
+from applier.providers import kubernetes_capacity as cap
+from applier.providers import kubernetes_exec as kexec
+from applier.providers import kubernetes_gang as gang
+from applier.providers import kubernetes_pods as pods
+from applier.providers import kubernetes_status as kstatus
+from applier.providers.kubernetes_api import (
+    Api,
+    ContextSettings,
+    Kubeconfig,
+    contexts_from_settings,
+    status_code,
+)
+from applier.providers.kubernetes_capacity import GpuAvailability
+from applier.providers.local_files import base_env, task_id
+from schema.errors import CapacityError, ProviderError, SkyformError
+
+log = logging.getLogger(__name__)
+
+
+class KubernetesProvider:
+    """See the module docstring. Nothing global is read after construction but KUBECONFIG."""
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        home: Path,
+        contexts: Sequence[ContextSettings] = (ContextSettings(None),),
+        *,
+        schedule_timeout_s: float = 10.0,
+        poll_s: float = 0.2,
+        image: str = pods.DEFAULT_IMAGE,
+        queue: str | None = None,
+        wait_for_autoscaler: bool = False,
+    ) -> None:
+        self._home = home
+        self._kc = Kubeconfig.load()
+        self._settings = {self._kc.resolve(c.context): c for c in contexts}
+        self._default = next(iter(self._settings))
+        self._timeout = schedule_timeout_s
+        self._poll = poll_s
+        self._image = image
+        self._queue = queue
+        self._wait_autoscaler = wait_for_autoscaler
+        self._apis: dict[str, Api] = {}
+        self._lock = threading.Lock()
+
+    # ---- where ----------------------------------------------------------------------------
+
+    @property
+    def contexts(self) -> list[str]:
+        return list(self._settings)
+
+    def _context(self, placement: Placement) -> str:
+        ctx = placement.region or self._default
+        if ctx not in self._settings:
+            raise ProviderError(
+                f"kubernetes: context {ctx!r} is not in this repo's search space "
+                f"({', '.join(self._settings)}); add `infra: k8s/{ctx}` to skyform.yaml"
+            )
+        return ctx
+
+    def namespace(self, context: str) -> str:
+        return self._settings[context].namespace or self._kc.namespaces.get(context) or "default"
+
+    def api(self, context: str) -> Api:
+        with self._lock:
+            if context not in self._apis:
+                self._apis[context] = Api(context, self._kc.api_client(context))
+            return self._apis[context]
+
+    def _where(self, handle: Handle) -> tuple[Api, str, str]:
+        """(api, namespace, resource name) of a handle."""
+        namespace, _, prefix = handle.resource_id.partition("/")
+        return self.api(self._context(handle.placement)), namespace, prefix
+
+    # ---- capacity -------------------------------------------------------------------------
+
+    def nodes_free(self, context: str) -> list[cap.NodeFree]:
+        api = self.api(context)
+        nodes = api.call("list nodes", api.core.list_node).items
+        running = api.call(
+            "list pods", api.core.list_pod_for_all_namespaces,
+            field_selector="status.phase!=Succeeded,status.phase!=Failed",
+        ).items  # fmt: skip
+        return cap.nodes_free(nodes, running)
+
+    def capacity(self) -> list[FreeCapacity]:
+        """One offering per (context, free node shape); an unreachable context offers nothing
+        (logged), so planning goes on with the other places."""
+        out = []
+        for ctx, settings in self._settings.items():
+            try:
+                free = self.nodes_free(ctx)
+            except SkyformError as exc:
+                log.warning("kubernetes/%s: no capacity information: %s", ctx, exc)
+                continue
+            for node, count in cap.shapes(free):
+                gpus = 1 if node.accelerator and node.gpus else 0
+                default = (4.0, 16.0) if gpus else (2.0, 2.0)  # the planner's default pod
+                price = cap.pod_price(settings.pricing, *default, node.accelerator, gpus)
+                out.append(
+                    FreeCapacity(
+                        provider=self.name, cloud="kubernetes", region=ctx, cpus=node.cpus,
+                        memory_gib=node.memory_gib, accelerator=node.accelerator,
+                        accelerator_count=node.gpus, nodes=count, hourly_price=price,
+                    )
+                )  # fmt: skip
+        return out
+
+    def gpu_availability(self) -> list[GpuAvailability]:
+        """Per context and GPU type: total and free GPUs (`show-gpus --infra kubernetes`)."""
+        return [
+            row for ctx in self._settings for row in cap.gpu_availability(ctx, self.nodes_free(ctx))
+        ]
+
+    def _gpu_terms(self, api: Api, req: LaunchRequest) -> list[tuple[str, list[str]]]:
+        """(label key, values) of the nodes carrying the requested GPU type."""
+        want = (req.placement.accelerator or "").lower()
+        found: dict[str, set[str]] = {}
+        for node in cap.nodes_free(api.call("list nodes", api.core.list_node).items, []):
+            if node.gpu_label and (node.accelerator or "").lower() == want:
+                found.setdefault(node.gpu_label[0], set()).add(node.gpu_label[1])
+        if not found:
+            raise CapacityError(
+                f"{req.address}: no node in kubernetes/{api.context} has a "
+                f"{req.placement.accelerator} GPU (by the labels {', '.join(cap.GPU_LABEL_KEYS)})",
+                req.placement,
+            )
+        return [(key, sorted(values)) for key, values in sorted(found.items())]
+
+    # ---- launch ---------------------------------------------------------------------------
+
+    def launch(self, req: LaunchRequest) -> Handle:
+        ctx = self._context(req.placement)
+        api, ns = self.api(ctx), self.namespace(ctx)
+        self._validate(req)
+        prefix = pods.resource_name(req.address, req.skyform_id)
+        existing = gang.list_pods(api, ns, pods.selector(req.skyform_id))
+        meta = next((m for m in map(_meta, existing) if m), None)
+        if meta is None:
+            meta = pods.handle_meta(req, task_id(req, datetime.now()), time.time())
+        user_env = base_env(req)
+        gpu_terms = self._gpu_terms(api, req) if req.placement.gpus_per_node else []
+        try:
+            if req.num_nodes > 1:
+                self._create(api, ns, "service", prefix, api.core.create_namespaced_service,
+                             pods.headless_service(req, prefix))  # fmt: skip
+            for rank in range(req.num_nodes):
+                manifest = pods.pod_manifest(
+                    req, rank, prefix=prefix, shape=node_shape(req), gpu_terms=gpu_terms,
+                    meta=meta, user_env=user_env, image=pods.image_of(req, self._image),
+                    queue=self._queue,
+                )  # fmt: skip
+                self._create(api, ns, "pod", manifest["metadata"]["name"],
+                             api.core.create_namespaced_pod, manifest)  # fmt: skip
+            listed = gang.wait_scheduled(
+                api, ns, req, prefix, self._timeout, self._poll, self._wait_autoscaler
+            )
+        except (CapacityError, ProviderError):
+            self._delete(
+                api, ns, req.skyform_id, prefix, req.num_nodes
+            )  # all or nothing: no half a gang
+            raise
+        handle = kstatus.handle_from_pod(listed[0])
+        if handle is None:
+            raise ProviderError(f"{req.address}: pod {prefix}-0 lost its Skyform annotation")
+        return handle
+
+    def _validate(self, req: LaunchRequest) -> None:
+        if req.num_nodes < 1:
+            raise ProviderError(f"{req.address}: num_nodes must be at least 1")
+        if req.task.workdir or req.task.file_mounts:
+            raise ProviderError(
+                f"{req.address}: workdir and file_mounts are not supported on Kubernetes yet; "
+                "bake the files into the image (image_id: docker:...) or fetch them in setup"
+            )
+
+    def _create(self, api: Api, ns: str, what: str, name: str, fn: Any, body: Any) -> None:
+        try:
+            api.call(f"create {what} {name}", fn, ns, body)
+        except ProviderError as exc:
+            if status_code(exc) != 409:  # already there: an earlier launch made it; adopt
+                raise
+
+    # ---- observe --------------------------------------------------------------------------
+
+    def observe(self, selector: Selector | None = None) -> list[ObservedResource]:
+        label = f"{pods.MANAGED}=skyform"
+        if selector is not None and selector.skyform_id:
+            label += f",{pods.selector(selector.skyform_id)}"
+        out = []
+        for ctx in self._settings:
+            api, ns = self.api(ctx), self.namespace(ctx)
+            groups: dict[str, list[Any]] = {}
+            for pod in gang.list_pods(api, ns, label):
+                groups.setdefault((pod.metadata.labels or {}).get(pods.ID, ""), []).append(pod)
+            for group in groups.values():
+                handle = next((h for h in (kstatus.handle_from_pod(p) for p in group) if h), None)
+                if handle is not None and (selector is None or selector.matches(handle)):
+                    out.append(kstatus.observed(handle, group))
+        return out
+
+    def job_status(self, handle: Handle) -> JobState:
+        api, ns, _ = self._where(handle)
+        listed = gang.list_pods(api, ns, pods.selector(handle.skyform_id))
+        if not listed:
+            return JobState.NODE_LOST
+        return kstatus.observed(handle, listed).job
+
+    # ---- commands and logs ----------------------------------------------------------------
+
+    def run(
+        self,
+        handle: Handle,
+        command: str,
+        node: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        api, ns, prefix = self._where(handle)
+        listed = gang.list_pods(api, ns, pods.selector(handle.skyform_id))
+        if not all(v.running for v in kstatus.views(listed, handle.num_nodes)):
+            state = kstatus.observed(handle, listed).job.value if listed else "gone"
+            raise ProviderError(f"{handle.address} has no running pods ({state}); cannot run")
+        base = kexec.log_dir(self._home, api.context, handle.resource_id)
+        first_failure = 0
+        for rank in range(handle.num_nodes) if node is None else [node]:
+            code, output = kexec.exec_in_pod(api, ns, pods.pod_name(prefix, rank), command, env)
+            kexec.append_exec_log(base, rank, command, output)
+            first_failure = first_failure or code
+        return first_failure
+
+    def log_paths(self, handle: Handle) -> list[LogFile]:
+        api, ns, prefix = self._where(handle)
+        base = kexec.log_dir(self._home, api.context, handle.resource_id)
+        kexec.fetch_logs(api, ns, prefix, handle.num_nodes, base)
+        return kexec.local_logs(base, handle.num_nodes)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def stop(self, handle: Handle) -> None:
+        raise ProviderError(
+            f"{handle.address}: Kubernetes pods cannot be stopped (as in SkyPilot); "
+            "remove the cluster instead, or set autostop with down: true"
+        )
+
+    def start(self, handle: Handle) -> Handle:
+        raise ProviderError(f"{handle.address}: Kubernetes clusters are never stopped")
+
+    def terminate(self, handle: Handle) -> None:
+        api, ns, prefix = self._where(handle)
+        self._delete(api, ns, handle.skyform_id, prefix, handle.num_nodes)
+
+    def _delete(self, api: Api, ns: str, skyform_id: str, prefix: str, num_nodes: int) -> None:
+        """Pods by label in one call, then the Service of a multi-node resource; what is
+        already gone is fine."""
+        api.call(
+            "delete pods",
+            api.core.delete_collection_namespaced_pod,
+            ns,
+            label_selector=pods.selector(skyform_id),
+        )
+        if num_nodes > 1:
+            api.call_ok_missing(
+                f"delete service {prefix}", api.core.delete_namespaced_service, prefix, ns
+            )
+
+
+def _meta(pod: Any) -> dict[str, Any] | None:
+    try:
+        data = json.loads((pod.metadata.annotations or {})[pods.META])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# ---- the registry's entry points ------------------------------------------------------------
+
+
+def from_settings(home: Path, settings: Mapping[str, Any]) -> KubernetesProvider:
+    return KubernetesProvider(
+        home,
+        contexts_from_settings(settings),
+        schedule_timeout_s=float(settings.get("schedule_timeout_s", 10.0)),
+        image=str(settings.get("image") or pods.DEFAULT_IMAGE),
+        queue=settings.get("queue"),
+        wait_for_autoscaler=bool(settings.get("wait_for_autoscaler", False)),
+    )
+
+
+def check(settings: Mapping[str, Any]) -> str | None:
+    """None when every configured context is in the kubeconfig (no network call), else why."""
+    try:
+        kc = Kubeconfig.load()
+        for entry in contexts_from_settings(settings):
+            kc.resolve(entry.context)
+    except ProviderError as exc:
+        return str(exc)
+    return None
+
+
+def gpu_availability(settings: Mapping[str, Any], home: Path) -> list[dict[str, Any]]:
+    """`show-gpus --infra kubernetes[/ctx]` rows as plain data (for the CLI layer)."""
+    return [row.as_dict() for row in from_settings(home, settings).gpu_availability()]

@@ -1,0 +1,111 @@
+"""Commands and logs of Kubernetes pods: `run` through the exec subresource (WebSocket), and
+container logs copied into files under the Skyform home (what `log_paths` returns).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kubernetes.stream import stream
+
+from applier.provider import LogFile
+from applier.providers import kubernetes_pods as pods
+from applier.providers.kubernetes_api import Api, status_code
+from schema.errors import ProviderError, TransientError
+
+EXEC_TIMEOUT_S = 3600.0  # a `run` command longer than this is cut off and reported
+
+
+def log_dir(home: Path, context: str, resource_id: str) -> Path:
+    """`<home>/kubernetes/<context>/<namespace>/<resource>`; contexts may hold '/' or ':'."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", context)
+    return home / "kubernetes" / safe / resource_id
+
+
+def exec_in_pod(
+    api: Api, namespace: str, pod: str, command: str, env: Mapping[str, str] | None
+) -> tuple[int, str]:
+    """Run `command` with SkyPilot's shell conventions in the pod's container; (exit, output)."""
+    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
+    script = (
+        f'{exports}cd "$HOME/sky_workdir" 2>/dev/null; '
+        f"if command -v bash >/dev/null 2>&1; then bash -c {shlex.quote(command)}; "
+        f"else sh -c {shlex.quote(command)}; fi"
+    )
+    try:
+        ws = _open_exec(api, namespace, pod, script)
+    except TransientError as exc:
+        if "Handshake status 4" in str(exc):  # the API server refused: not a network blip
+            raise ProviderError(f"exec in pod {pod}: {exc}") from exc
+        raise
+    try:
+        ws.run_forever(timeout=EXEC_TIMEOUT_S)
+        output = str(ws.read_stdout() or "") + str(ws.read_stderr() or "")
+        code = ws.returncode
+    except (OSError, ValueError, TypeError) as exc:
+        raise TransientError(f"exec in pod {pod}: the stream broke ({exc})", 5.0) from exc
+    finally:
+        ws.close()
+    if code is None:
+        raise ProviderError(f"exec in pod {pod}: still running after {EXEC_TIMEOUT_S:g}s")
+    return int(code), output
+
+
+def _open_exec(api: Api, namespace: str, pod: str, script: str) -> Any:
+    return api.call(
+        f"exec in pod {pod}",
+        stream,
+        api.core.connect_get_namespaced_pod_exec,
+        pod,
+        namespace,
+        container=pods.CONTAINER,
+        command=["/bin/sh", "-c", script],
+        stdout=True,
+        stderr=True,
+        stdin=False,
+        tty=False,
+        _preload_content=False,
+    )
+
+
+def fetch_logs(api: Api, namespace: str, prefix: str, num_nodes: int, base: Path) -> None:
+    """Copy each pod's container log to `node-<rank>/run.log`; a pod already gone keeps the
+    last copy (setup and run share one container, so one file holds both)."""
+    for rank in range(num_nodes):
+        name = pods.pod_name(prefix, rank)
+        try:
+            text = api.call(
+                f"read log of pod {name}",
+                api.core.read_namespaced_pod_log,
+                name,
+                namespace,
+                container=pods.CONTAINER,
+            )
+        except ProviderError as exc:
+            if status_code(exc) in (400, 404):  # gone, or not started yet
+                continue
+            raise
+        target = base / f"node-{rank}" / "run.log"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(str(text or ""))
+
+
+def append_exec_log(base: Path, rank: int, command: str, output: str) -> None:
+    target = base / f"node-{rank}" / "exec.log"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("a") as fh:
+        fh.write(f"$ {command}\n{output}")
+
+
+def local_logs(base: Path, num_nodes: int) -> list[LogFile]:
+    out = []
+    for rank in range(num_nodes):
+        for stage in ("run", "exec"):
+            path = base / f"node-{rank}" / f"{stage}.log"
+            if path.exists():
+                out.append(LogFile(rank, stage, path))
+    return out

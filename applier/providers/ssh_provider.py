@@ -1,0 +1,106 @@
+"""What every provider whose nodes are SSH hosts (AWS, GCP) does the same way: a job's state
+from the node drivers' files, logs mirrored while the nodes are reachable, commands on nodes.
+
+A provider subclasses `SshNodesProvider` and supplies how to find a handle's instances
+(`_by_handle`), how to reach them (`_nodes`) and where its log mirror lives (`_mirror_of`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from applier.provider import (
+    Handle,
+    JobState,
+    LogFile,
+    ObservedResource,
+    ResourceKind,
+    ResourceStatus,
+)
+from applier.providers import cloud_nodes
+from schema.errors import ProviderError
+
+
+class NodeGroup(Protocol):
+    def states(self, num_nodes: int | None = None) -> list[str]: ...
+
+    def reclaimed(self, handle: Handle) -> bool: ...
+
+    def launched_at(self) -> float: ...
+
+
+G = TypeVar("G", bound=NodeGroup)
+
+
+class SshNodesProvider(Generic[G]):
+    def _by_handle(self, handle: Handle) -> G:
+        raise NotImplementedError
+
+    def _nodes(self, group: G) -> cloud_nodes.Nodes:
+        raise NotImplementedError
+
+    def _mirror_of(self, handle: Handle) -> Path:
+        raise NotImplementedError
+
+    def _observed(self, group: G, handle: Handle) -> ObservedResource:
+        states = group.states(handle.num_nodes)
+        mirror = cloud_nodes.mirror_states(self._mirror_of(handle), handle.num_nodes)
+        if cloud_nodes.GONE in states:
+            status = ResourceStatus.DEGRADED
+        elif cloud_nodes.PENDING in states:
+            status = ResourceStatus.LAUNCHING
+        elif cloud_nodes.STOPPED in states:
+            status = ResourceStatus.STOPPED
+        else:
+            status = ResourceStatus.UP
+        launched = group.launched_at()
+        return ObservedResource(
+            handle=handle,
+            status=status,
+            job=cloud_nodes.job_state(mirror, states, group.reclaimed(handle)),
+            nodes=cloud_nodes.observed_nodes(mirror, states),
+            launched_at=launched,
+            last_active=launched,
+        )
+
+    def job_status(self, handle: Handle) -> JobState:
+        group = self._by_handle(handle)
+        states = group.states(handle.num_nodes)
+        mirror = self._mirror_of(handle)
+        known = cloud_nodes.mirror_states(mirror, handle.num_nodes)
+        finished = cloud_nodes.job_state(known, states, False).finished
+        if not finished and all(s == cloud_nodes.UP for s in states):
+            nodes = self._nodes(group)
+            cloud_nodes.release_when_set_up(nodes, cloud_nodes.refresh(nodes))
+            known = cloud_nodes.mirror_states(mirror, handle.num_nodes)
+        return cloud_nodes.job_state(known, states, group.reclaimed(handle))
+
+    def log_paths(self, handle: Handle) -> list[LogFile]:
+        # Copies the logs' new bytes while the nodes are reachable; once they are gone the
+        # mirror holds what was fetched before.
+        with contextlib.suppress(ProviderError):
+            self.job_status(handle)
+        return cloud_nodes.log_files(self._mirror_of(handle), handle.num_nodes)
+
+    def run(
+        self,
+        handle: Handle,
+        command: str,
+        node: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        group = self._by_handle(handle)
+        states = group.states(handle.num_nodes)
+        if any(s != cloud_nodes.UP for s in states):
+            raise ProviderError(f"{handle.address} is not running ({', '.join(states)})")
+        return cloud_nodes.exec_all(self._nodes(group), command, node, env)
+
+    @staticmethod
+    def check_stoppable(handle: Handle) -> None:
+        if handle.kind != ResourceKind.CLUSTER:
+            raise ProviderError(f"{handle.address}: only clusters can be stopped; terminate it")
+        if handle.placement.use_spot:
+            raise ProviderError(f"{handle.address}: spot instances cannot be stopped; terminate")

@@ -1,0 +1,1 @@
+"""The reconcile daemon: follows a git branch, converges on every commit, heals drift, runs HA."""
