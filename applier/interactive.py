@@ -23,6 +23,7 @@ MODULES = {
     "local": "applier.interactive_local",
     "kubernetes": "applier.interactive_kubernetes",
     "aws": "applier.interactive_aws",
+    "gcp": "applier.interactive_gcp",
 }
 HEARTBEAT_S = 60.0  # autostop counts minutes, so a touch a minute keeps an open session active
 

@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sys
 import termios
 import threading
@@ -176,8 +177,7 @@ class KubernetesInteractive:
         if error:
             sock.close()
             raise ProviderError(f"nothing answers on port {port} of {handle.address}: {error}")
-        conn: Duplex = sock
-        return conn
+        return _PodPort(sock)
 
     def ssh_target(self, handle: Handle, node: int) -> SshTarget:
         check_node(handle, node)
@@ -217,6 +217,28 @@ class KubernetesInteractive:
             return code
         finally:
             ws.close()
+
+
+class _PodPort:
+    """A port-forward stream. The protocol has no half-close: the end of what is sent ends the
+    whole stream (the client then closes its WebSocket and the API server the pod's connection),
+    so a forwarded connection ends when its local side stops sending, as with kubectl."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def recv(self, size: int, /) -> bytes:
+        return bytes(self._sock.recv(size))
+
+    def sendall(self, data: bytes, /) -> None:
+        self._sock.sendall(data)
+
+    def shutdown_write(self) -> None:
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _run(command: str) -> str:

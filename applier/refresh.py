@@ -5,15 +5,22 @@ events (a job finished, a node recovered). Also resumes what a crashed apply lef
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from applier.controllers import common as controllers
 from applier.provider import Provider, ResourceStatus
 from schema.errors import ProviderError, TransientError
 from state import Resource, Store
+
+T = TypeVar("T")
+
+# How long one provider may take to answer before its resources keep their recorded status.
+OBSERVE_TIMEOUT_S = 120.0
 
 JOB_DONE = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED"})
 
@@ -28,21 +35,24 @@ class Live:
     detail: str = ""
 
 
-def refresh(records: list[Resource], providers: Mapping[str, Provider]) -> dict[str, Live]:
+def refresh(
+    records: list[Resource],
+    providers: Mapping[str, Provider],
+    timeout_s: float | None = None,
+) -> dict[str, Live]:
+    """`timeout_s` bounds each provider's observe() (default OBSERVE_TIMEOUT_S); providers
+    are asked concurrently, so a slow one delays the answer by at most that, never stalls it."""
     out: dict[str, Live] = {}
     clusters = [r for r in records if r.kind == "cluster"]
-    by_provider: dict[str, dict[str, Any]] = {}
-    for name in sorted({str((r.handles or {}).get("provider", "")) for r in clusters}):
-        provider = providers.get(name)
-        if provider is None:
-            continue
-        # One listing per provider, never one call per resource. A provider that cannot be
-        # reached says nothing about its resources: they keep their recorded status rather
-        # than read as deleted (and get relaunched).
-        try:
-            by_provider[name] = {o.handle.skyform_id: o for o in provider.observe()}
-        except (TransientError, ProviderError):
-            continue
+    names = sorted({str((r.handles or {}).get("provider", "")) for r in clusters})
+    # One listing per provider, never one call per resource. A provider that cannot be
+    # reached (or does not answer in time) says nothing about its resources: they keep their
+    # recorded status rather than read as deleted (and get relaunched).
+    asked = {name: providers[name] for name in names if name in providers}
+    by_provider: dict[str, dict[str, Any]] = {
+        name: {o.handle.skyform_id: o for o in found}
+        for name, found in call_each(asked, lambda _, p: p.observe(), timeout_s).items()
+    }
     for r in records:
         handles = r.handles or {}
         if r.kind == "cluster":
@@ -162,3 +172,59 @@ def _find(
     if spec.lb_port:
         handles["endpoint"] = f"http://127.0.0.1:{spec.lb_port}"
     return handles
+
+
+# Providers with a call of ours still running (keyed by id: the running call holds a reference,
+# so the id cannot be reused meanwhile). Such a provider is not asked again until it answers:
+# a hung provider costs one thread, not one more per tick.
+_busy: set[int] = set()
+_busy_lock = threading.Lock()
+
+
+def call_each(
+    providers: Mapping[str, Provider],
+    call: Callable[[str, Provider], T],
+    timeout_s: float | None = None,
+) -> dict[str, T]:
+    """`call` on every provider at once, each on a thread of its own; the answers of those that
+    answered within `timeout_s` (default OBSERVE_TIMEOUT_S). A provider that raised a provider
+    error, did not answer in time, or is still busy with an earlier call is left out.
+    """
+    limit = OBSERVE_TIMEOUT_S if timeout_s is None else timeout_s
+    answers: dict[str, T] = {}
+    crashed: list[BaseException] = []
+    lock = threading.Lock()
+    threads: list[threading.Thread] = []
+
+    def run(name: str, provider: Provider) -> None:
+        try:
+            value = call(name, provider)
+        except (TransientError, ProviderError):
+            return
+        except Exception as exc:  # a bug, not an outage: the caller sees it, as it would inline
+            with lock:
+                crashed.append(exc)
+            return
+        finally:
+            with _busy_lock:
+                _busy.discard(id(provider))
+        with lock:
+            answers[name] = value
+
+    for name, provider in providers.items():
+        with _busy_lock:
+            if id(provider) in _busy:
+                continue
+            _busy.add(id(provider))
+        thread = threading.Thread(
+            target=run, args=(name, provider), name=f"observe-{name}", daemon=True
+        )
+        thread.start()
+        threads.append(thread)
+    deadline = time.monotonic() + limit
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    with lock:
+        if crashed:
+            raise crashed[0]
+        return dict(answers)  # a late answer lands in `answers` after this copy: ignored

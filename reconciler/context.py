@@ -81,6 +81,9 @@ def provider_settings(desired: DesiredState | None) -> dict[str, Any]:
                     "context": entry.infra.region,
                     "namespace": entry.namespace,
                     "pricing": entry.pricing.model_dump() if entry.pricing else None,
+                    "queue": entry.queue,
+                    "image": entry.image,
+                    "schedule_timeout_s": entry.schedule_timeout,
                 }
             )
         elif entry.infra.region:
@@ -170,11 +173,12 @@ def build_plan(
     catalog: Catalog | None = None,
     refresh: bool = True,
     provs: Mapping[str, Provider] | None = None,
+    observe_timeout_s: float | None = None,
 ) -> Plan:
     meta = store.meta()
     provs = providers(desired) if provs is None else provs
     records = store.list_resources()
-    live = refresh_live(records, provs) if refresh else None
+    live = refresh_live(records, provs, observe_timeout_s) if refresh else None
     blocked = [
         Blocked(
             cloud=b.placement.infra,

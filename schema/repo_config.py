@@ -54,18 +54,45 @@ class Caps(Frozen):
     gpus: Annotated[int | None, Field(ge=0)] = None
 
 
+def _nonblank(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty; leave the key out for the default")
+    return value
+
+
+NonBlank = Annotated[str, BeforeValidator(_nonblank)]
+KUBERNETES_ONLY = ("queue", "image", "schedule_timeout")
+
+
 class InfraEntry(Frozen):
-    """One place in the search space: `aws`, `gcp/us-central1`, `k8s/ctx`, `local`."""
+    """One place in the search space: `aws`, `gcp/us-central1`, `k8s/ctx`, `local`.
+
+    Kubernetes contexts also take `queue` (a Kueue LocalQueue: the pods get its queue-name
+    label), `image` (the default image when a task has no `image_id: docker:...`) and
+    `schedule_timeout` (how long a gang may wait to be scheduled; seconds or '30s', '5m')."""
 
     infra: Annotated[Infra, BeforeValidator(parse_infra)]
     pricing: Pricing | None = None
     namespace: str | None = None
     caps: Caps | None = None
+    queue: NonBlank | None = None
+    image: NonBlank | None = None
+    schedule_timeout: Seconds | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, data: Any) -> Any:
         return {"infra": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _kubernetes_only(self) -> InfraEntry:
+        given = [key for key in KUBERNETES_ONLY if getattr(self, key) is not None]
+        if given and self.infra.cloud != "kubernetes":
+            raise ValueError(
+                f"{', '.join(given)} only apply to Kubernetes contexts (infra: k8s/<context>), "
+                f"not to {self.infra}"
+            )
+        return self
 
     def __str__(self) -> str:
         return str(self.infra)

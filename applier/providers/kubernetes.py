@@ -18,12 +18,19 @@ contexts of the search space, on the official `kubernetes` client.
 - Services: a replica listens on `ports[0]` (else the service's `ports`, else 8080; also given
   as PORT); its pod gets a readinessProbe from the readiness_probe, and its endpoint is
   `<pod IP>:<port>`, reachable from inside the cluster (Skyform's load balancer fronts it).
+  Per namespace, a ClusterIP Service named after the service's address also selects its
+  replica pods (targetPort `serve`); it goes with the last replica there.
+- skyform.yaml's `queue`, `image` and `schedule_timeout` are per context (ContextSettings)
+  and override the constructor's.
 - Clusters cannot be stopped on Kubernetes (as in SkyPilot): stop/start raise ProviderError.
-- Not yet: workdir and file mounts (bake them into the image or fetch them in setup).
+- Workdir and local file mounts: tarred and copied into every pod through exec once it runs
+  (kubernetes_files); the bootstrap holds setup until they are in. Bucket mounts and git
+  workdirs are not copied yet (fetch them in setup).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -41,11 +48,13 @@ from applier.provider import (
     LogFile,
     ObservedResource,
     Placement,
+    ResourceKind,
     Selector,
     node_shape,
 )
 from applier.providers import kubernetes_capacity as cap
 from applier.providers import kubernetes_exec as kexec
+from applier.providers import kubernetes_files as kfiles
 from applier.providers import kubernetes_gang as gang
 from applier.providers import kubernetes_pods as pods
 from applier.providers import kubernetes_status as kstatus
@@ -108,6 +117,16 @@ class KubernetesProvider:
 
     def namespace(self, context: str) -> str:
         return self._settings[context].namespace or self._kc.namespaces.get(context) or "default"
+
+    def _queue_of(self, context: str) -> str | None:
+        return self._settings[context].queue or self._queue
+
+    def _image_of(self, context: str) -> str:
+        return self._settings[context].image or self._image
+
+    def _timeout_of(self, context: str) -> float:
+        timeout = self._settings[context].schedule_timeout_s
+        return self._timeout if timeout is None else timeout
 
     def api(self, context: str) -> Api:
         with self._lock:
@@ -181,6 +200,8 @@ class KubernetesProvider:
         ctx = self._context(req.placement)
         api, ns = self.api(ctx), self.namespace(ctx)
         self._validate(req)
+        files = kfiles.targets(req) if kfiles.wanted(req) else []
+        data = kfiles.archive(req, files) if files else b""
         prefix = pods.resource_name(req.address, req.skyform_id)
         existing = gang.list_pods(api, ns, pods.selector(req.skyform_id))
         meta = next((m for m in map(_meta, existing) if m), None)
@@ -195,14 +216,16 @@ class KubernetesProvider:
             for rank in range(req.num_nodes):
                 manifest = pods.pod_manifest(
                     req, rank, prefix=prefix, shape=node_shape(req), gpu_terms=gpu_terms,
-                    meta=meta, user_env=user_env, image=pods.image_of(req, self._image),
-                    queue=self._queue,
+                    meta=meta, user_env=user_env, image=pods.image_of(req, self._image_of(ctx)),
+                    queue=self._queue_of(ctx),
                 )  # fmt: skip
                 self._create(api, ns, "pod", manifest["metadata"]["name"],
                              api.core.create_namespaced_pod, manifest)  # fmt: skip
             listed = gang.wait_scheduled(
-                api, ns, req, prefix, self._timeout, self._poll, self._wait_autoscaler
+                api, ns, req, prefix, self._timeout_of(ctx), self._poll, self._wait_autoscaler
             )
+            if files:
+                listed = self._copy_files(api, ns, req, prefix, files, data)
         except (CapacityError, ProviderError):
             self._delete(
                 api, ns, req.skyform_id, prefix, req.num_nodes
@@ -211,16 +234,50 @@ class KubernetesProvider:
         handle = kstatus.handle_from_pod(listed[0])
         if handle is None:
             raise ProviderError(f"{req.address}: pod {prefix}-0 lost its Skyform annotation")
+        if req.kind == ResourceKind.SERVICE_REPLICA:
+            self._ensure_replica_service(api, ns, req)
         return handle
+
+    def _ensure_replica_service(self, api: Api, ns: str, req: LaunchRequest) -> None:
+        """The service's ClusterIP Service, once a replica is placed (a failed launch leaves
+        none behind); an earlier replica's is kept as it is. Best effort: Skyform's load
+        balancer fronts the replica either way, so a refusal (say, no right to create
+        services) is logged, not a failed replica."""
+        service = pods.cluster_ip_service(req)
+        name = service["metadata"]["name"]
+        try:
+            self._create(api, ns, "service", name, api.core.create_namespaced_service, service)
+        except SkyformError as exc:
+            log.warning("%s: no ClusterIP Service %s in %s: %s", req.address, name, ns, exc)
 
     def _validate(self, req: LaunchRequest) -> None:
         if req.num_nodes < 1:
             raise ProviderError(f"{req.address}: num_nodes must be at least 1")
-        if req.task.workdir or req.task.file_mounts:
-            raise ProviderError(
-                f"{req.address}: workdir and file_mounts are not supported on Kubernetes yet; "
-                "bake the files into the image (image_id: docker:...) or fetch them in setup"
-            )
+
+    def _copy_files(
+        self, api: Api, ns: str, req: LaunchRequest, prefix: str,
+        files: list[kfiles.Target], data: bytes,
+    ) -> list[Any]:  # fmt: skip
+        """Once every pod runs (bounded), the workdir and file mounts into each; setup waits
+        for them. The pods as listed last."""
+        deadline = time.monotonic() + kfiles.RUNNING_TIMEOUT_S
+        while True:
+            listed = gang.list_pods(api, ns, pods.selector(req.skyform_id))
+            views = kstatus.views(listed, req.num_nodes)
+            if all(v.running for v in views):
+                break
+            if any(v.lost or not v.present or v.exit_code is not None for v in views):
+                raise ProviderError(f"{req.address}: a pod ended before its files were copied")
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"{req.address}: pods not running within {kfiles.RUNNING_TIMEOUT_S:g}s "
+                    "(image pull?); the workdir and file_mounts could not be copied"
+                )
+            time.sleep(self._poll)
+        for rank in range(req.num_nodes):
+            run = functools.partial(kexec.exec_in_pod, api, ns, pods.pod_name(prefix, rank))
+            kfiles.upload(req, files, data, functools.partial(run, env=None))
+        return listed
 
     def _create(self, api: Api, ns: str, what: str, name: str, fn: Any, body: Any) -> None:
         try:
@@ -296,6 +353,25 @@ class KubernetesProvider:
     def terminate(self, handle: Handle) -> None:
         api, ns, prefix = self._where(handle)
         self._delete(api, ns, handle.skyform_id, prefix, handle.num_nodes)
+        if handle.kind == ResourceKind.SERVICE_REPLICA:
+            self._delete_replica_service(api, ns, handle)
+
+    def _delete_replica_service(self, api: Api, ns: str, handle: Handle) -> None:
+        """The service's ClusterIP Service goes with its last replica in this namespace: pods
+        of other replicas that are not terminating keep it. (A replica launched while this
+        one is being terminated re-creates the Service on its own launch only if it gets
+        there after this delete; the controller's next launch does in any case.)"""
+        labels = ",".join(f"{k}={v}" for k, v in pods.replica_selector(handle.address).items())
+        mine = pods.label_value(handle.skyform_id)
+        others = [
+            p for p in gang.list_pods(api, ns, labels)
+            if (p.metadata.labels or {}).get(pods.ID) != mine and not p.metadata.deletion_timestamp
+        ]  # fmt: skip
+        if not others:
+            name = pods.replica_service_name(handle.address)
+            api.call_ok_missing(
+                f"delete service {name}", api.core.delete_namespaced_service, name, ns
+            )
 
     def _delete(self, api: Api, ns: str, skyform_id: str, prefix: str, num_nodes: int) -> None:
         """Pods by label in one call, then the Service of a multi-node resource; what is

@@ -33,13 +33,25 @@ class ContextSettings:
     context: str | None  # None: the kubeconfig's current context
     namespace: str | None = None
     pricing: Mapping[str, Any] | None = None
+    # None: the provider's own (from_settings' provider-wide settings, else the defaults)
+    queue: str | None = None
+    image: str | None = None
+    schedule_timeout_s: float | None = None
 
 
 def contexts_from_settings(settings: Mapping[str, Any]) -> list[ContextSettings]:
     entries = settings.get("contexts") or [{"context": None}]
-    return [
-        ContextSettings(e.get("context"), e.get("namespace"), e.get("pricing")) for e in entries
-    ]
+    out = []
+    for e in entries:
+        timeout = e.get("schedule_timeout_s")
+        out.append(
+            ContextSettings(
+                e.get("context"), e.get("namespace"), e.get("pricing"),
+                queue=e.get("queue") or None, image=e.get("image") or None,
+                schedule_timeout_s=float(timeout) if timeout is not None else None,
+            )
+        )  # fmt: skip
+    return out
 
 
 def kubeconfig_path() -> str | None:

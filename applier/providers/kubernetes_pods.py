@@ -53,6 +53,15 @@ if [ -n "${SKYFORM_NODE_HOSTS:-}" ]; then
   ips=$(printf '%s' "$ips" | tr ' ' '\n')
 fi
 export SKYPILOT_NODE_IPS="$ips" SKYPILOT_SETUP_NODE_IPS="$ips"
+if [ "${SKYFORM_FILES:-0}" = 1 ]; then
+  waited=0
+  while [ ! -e "$state/files.ready" ]; do
+    if [ "$waited" -ge "${SKYFORM_FILES_WAIT:-900}" ]; then
+      mark setup; echo "skyform: the workdir and file_mounts never arrived" >&2; exit 1
+    fi
+    sleep 1; waited=$((waited + 1))
+  done
+fi
 mkdir -p "$HOME/sky_workdir" 2>/dev/null && cd "$HOME/sky_workdir" 2>/dev/null
 if [ -n "${SKYFORM_SETUP:-}" ]; then
   mark setup
@@ -172,6 +181,8 @@ def _env_list(
         )
     if req.kind == ResourceKind.CLUSTER:
         env["SKYFORM_KEEP"] = "1"
+    if req.task.workdir or req.task.file_mounts:
+        env["SKYFORM_FILES"] = "1"  # setup waits for them (kubernetes_files)
     out: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     out.append({"name": "SKYFORM_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     return out
@@ -275,5 +286,39 @@ def headless_service(req: LaunchRequest, prefix: str) -> dict[str, Any]:
             "clusterIP": "None",
             "selector": {RESOURCE: prefix},
             "publishNotReadyAddresses": True,
+        },
+    }
+
+
+def replica_selector(address: str) -> dict[str, str]:
+    """The labels every replica pod of one service carries (whatever its skyform id)."""
+    return {
+        MANAGED: "skyform",
+        ADDRESS: label_value(address),
+        KIND: ResourceKind.SERVICE_REPLICA.value,
+    }
+
+
+def replica_service_name(address: str) -> str:
+    """A DNS-1035 name for a service's ClusterIP Service: `service.api` -> `service-api`."""
+    base = re.sub(r"[^a-z0-9-]+", "-", address.lower()).strip("-")[:63].rstrip("-") or "s"
+    return base if base[0].isalpha() else f"s-{base}"[:63].rstrip("-")
+
+
+def cluster_ip_service(req: LaunchRequest) -> dict[str, Any]:
+    """A ClusterIP Service over every ready replica pod of the service in this namespace: one
+    stable in-cluster name and port (the service's `ports`, else 8080) that forwards to each
+    pod's `serve` port, so replicas on different ports are fronted alike."""
+    svc = req.task.service
+    port = svc.ports if svc is not None and svc.ports else DEFAULT_SERVICE_PORT
+    meta_labels = replica_selector(req.address) | {KIND: "service"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": replica_service_name(req.address), "labels": meta_labels},
+        "spec": {
+            "type": "ClusterIP",
+            "selector": replica_selector(req.address),
+            "ports": [{"name": "serve", "port": port, "targetPort": "serve", "protocol": "TCP"}],
         },
     }

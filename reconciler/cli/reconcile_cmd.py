@@ -11,6 +11,7 @@ from types import FrameType
 
 import click
 
+from applier.refresh import OBSERVE_TIMEOUT_S
 from reconciler.context import skyform_home
 from reconciler.daemon import logs
 from reconciler.daemon.service import Daemon
@@ -43,7 +44,13 @@ def _lost() -> None:
     "--repo", required=True, metavar="URL_OR_PATH", envvar="SKYFORM_REPO", help="Git remote."
 )
 @click.option("--branch", default="main", show_default=True, envvar="SKYFORM_BRANCH")
-@click.option("--state", "state_url", metavar="URL", envvar="SKYFORM_STATE")
+@click.option(
+    "--state",
+    "state_url",
+    metavar="URL",
+    envvar="SKYFORM_STATE",
+    help="State store URL (else $SKYFORM_STATE, else skyform.yaml `state:`, else SQLite).",
+)
 @click.option(
     "--listen",
     default="127.0.0.1:8080",
@@ -66,6 +73,14 @@ def _lost() -> None:
     help="Apply only commits signed by a key in these public-key files (needs gpg).",
 )
 @click.option("--parallelism", default=10, show_default=True, type=click.IntRange(1, 256))
+@click.option(
+    "--observe-timeout",
+    default=OBSERVE_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(0.1, 3600),
+    help="Seconds one provider may take to list what runs; a slower one keeps its resources' "
+    "recorded status for that sync (never read as deleted) and does not stall the others.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def reconcile(
     repo: str,
@@ -77,12 +92,17 @@ def reconcile(
     lease: float,
     trusted_keys: tuple[Path, ...],
     parallelism: int,
+    observe_timeout: float,
     log_level: str,
 ) -> None:
     """Follow a git branch: validate, plan and apply every new commit; heal drift on a schedule.
 
     Intervals, auto_apply and self_heal come from the repo's skyform.yaml `reconcile:`. Several
     replicas on one PostgreSQL store elect a leader through the store's lock.
+
+    The state store, first found wins: --state, then $SKYFORM_STATE, then `state:` in the
+    skyform.yaml of the branch head when the daemon starts (read before it leads; a later
+    change takes a restart), then SQLite under $SKYFORM_HOME.
     """
     logs.setup(log_level)
     secret = os.environ.get("SKYFORM_WEBHOOK_SECRET")
@@ -97,6 +117,7 @@ def reconcile(
         lease_s=lease,
         trusted_keys=trusted_keys,
         parallelism=parallelism,
+        observe_timeout_s=observe_timeout,
         listen=None if once else _listen(listen),
     )
     try:

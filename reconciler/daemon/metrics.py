@@ -29,7 +29,11 @@ class Metrics:
             ["kind", "status"],
             registry=r,
         )
-        self.drift_found = Counter("skyform_drift_found", "Drifted resources found", registry=r)
+        self.drift_found = Counter(
+            "skyform_drift_found",
+            "Drifts found (an address and reason counts once until healed or changed)",
+            registry=r,
+        )
         self.drift_healed = Counter("skyform_drift_healed", "Drifted resources healed", registry=r)
         self.apply_errors = Counter(
             "skyform_apply_errors", "Resources that failed to apply", registry=r

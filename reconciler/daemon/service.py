@@ -9,22 +9,24 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from reconciler.context import state_url
 from reconciler.daemon import logs
 from reconciler.daemon.http import Hooks, Server
 from reconciler.daemon.leader import Leadership
 from reconciler.daemon.metrics import Metrics
 from reconciler.daemon.status import Status, SyncReport
 from reconciler.daemon.sync import Settings, Syncer, controller_trees
-from reconciler.source import GitSource, redact
-from schema.errors import LockHeldError
-from schema.repo import DesiredState
-from schema.repo_config import Reconcile
+from reconciler.source import GitSource, SourceError, redact
+from schema.errors import LockHeldError, SkyformError
+from schema.repo import CONFIG_FILE, DesiredState
+from schema.repo_config import Reconcile, RepoConfig, load_repo_config
 from state import Store, open_store
 
 # Highest priority first: the trigger a merged batch of requests is reported under.
@@ -64,9 +66,49 @@ class Daemon:
         self.scheduler = BackgroundScheduler(daemon=True)
         self._intervals: tuple[float, float] | None = None
         self.http: Server | None = None
+        # The store: --state, else $SKYFORM_STATE, else skyform.yaml's `state:` (read from the
+        # branch head before anything else, since leading needs the store), else SQLite.
+        self._state_url = state_url(settings.state_url, None)
+        self._state_from_repo = self._state_url is None
+        self._store_known = threading.Event()
+        if not self._state_from_repo:
+            self._store_known.set()
 
     def open_store(self) -> Store:
-        return open_store(self.settings.state_url, self.settings.home)
+        # Leader election waits here until the worker has read skyform.yaml; no replica ever
+        # falls back to the default store meanwhile (that would be a second, lockless leader).
+        if not self._store_known.wait(timeout=self.settings.lease_s):
+            raise SourceError("waiting to read `state:` from the repo's skyform.yaml")
+        return open_store(self._state_url, self.settings.home)
+
+    def _read_state_url(self) -> None:
+        """`state:` of skyform.yaml at the branch head (a signed one, when keys are given)."""
+        head = self.source.fetch()
+        self.source.verify(head)
+        path = self.source.checkout(head) / CONFIG_FILE
+        config = load_repo_config(path.read_bytes(), CONFIG_FILE) if path.is_file() else None
+        self._state_url = (config or RepoConfig()).state
+        self._store_known.set()
+        where = redact(self._state_url) if self._state_url else "the default SQLite store"
+        logs.info(f"state store from skyform.yaml: {where}", commit=head)
+
+    def _resolve_store(self) -> None:
+        """On the worker (GitSource is not thread-safe): retry with backoff until it is read."""
+        while not self._store_known.is_set():
+            try:
+                self._read_state_url()
+                self.source.backoff.succeeded()
+            except Exception as exc:  # unreachable remote, invalid or untrusted head: retry
+                delay = self.source.backoff.failed(time.monotonic())
+                self.status.update(source_error=f"cannot read `state:` from skyform.yaml: {exc}")
+                logs.warning(
+                    f"cannot read `state:` from skyform.yaml ({exc}); retry in {delay:.0f}s"
+                )
+                with self._cond:
+                    if not self._stopping:
+                        self._cond.wait(timeout=delay)
+                    if self._stopping:
+                        return
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -102,6 +144,13 @@ class Daemon:
 
     def run_once(self) -> SyncReport:
         """`--once`: take the lock (or fail naming its holder), sync fully, release."""
+        if not self._store_known.is_set():
+            try:
+                self._read_state_url()
+            except SkyformError:
+                raise
+            except Exception as exc:  # git errors: say what could not be read
+                raise SourceError(f"cannot read `state:` from skyform.yaml: {exc}") from exc
         with self.open_store() as store:
             if not self.leadership.acquire_now(store):
                 raise LockHeldError(f"the state is locked by {self.leadership.leader_holder}")
@@ -123,6 +172,7 @@ class Daemon:
             self.syncer.warm()
         except Exception as exc:  # a plan will report it; warming is only an optimisation
             logs.warning(f"could not preload the catalog: {exc}")
+        self._resolve_store()
         while True:
             with self._cond:
                 while not self._pending and not self._stopping:
@@ -176,6 +226,11 @@ class Daemon:
                 f"{self.settings.branch!r} (--branch decides)"
             )
         self._schedule(config)
+        if self._state_from_repo and desired.config.state != self._state_url:
+            logs.warning(
+                "skyform.yaml's `state:` changed; this daemon keeps the store it started with "
+                "until it restarts (move the state first: `skyform state export` then `import`)"
+            )
 
     def _schedule(self, config: Reconcile) -> None:
         wanted = (config.poll_interval, config.drift_interval)

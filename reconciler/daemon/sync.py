@@ -20,7 +20,7 @@ from applier.actions import Env
 from applier.controllers import common as controllers
 from applier.execute import ApplyResult, Executor
 from applier.provider import Provider
-from applier.refresh import recover_journal, refresh
+from applier.refresh import OBSERVE_TIMEOUT_S, call_each, recover_journal, refresh
 from planner.catalog import Catalog, load_shipped_catalog
 from planner.plan import Action, Plan
 from planner.render_text import render_text, summary_line
@@ -51,6 +51,9 @@ class Settings:
     parallelism: int = 10
     providers_for: ProvidersFor | None = None  # tests and the bench inject a fake provider
     listen: tuple[str, int] | None = None
+    # Each provider is observed on its own thread; one that does not answer in time is left
+    # at its recorded status for this sync, so a slow provider never stalls the others.
+    observe_timeout_s: float = OBSERVE_TIMEOUT_S
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Syncer:
         self._store: Store | None = None
         self._provs: tuple[str, Mapping[str, Provider]] | None = None
         self._catalog: Catalog | None = None
+        self._drift_seen: set[tuple[str, str]] = set()  # (address, reason) already counted
         self.on_config: Callable[[DesiredState], None] = lambda desired: None
 
     def close(self) -> None:
@@ -201,21 +205,25 @@ class Syncer:
         provs = self._providers(desired)
         for note in recover_journal(store, self.settings.home, provs):
             logs.info(f"journal: {note}")
-        # Idle clusters stop (or go down) before planning, so the plan sees them as stopped:
-        # an autostop is a lifecycle event, never drift to heal.
-        for stopped in autostop.enforce(provs, time.time()):
-            verb = "torn down" if stopped.down else "stopped"
-            logs.info(
-                f"autostop: {verb} after {stopped.idle_minutes} idle minutes",
-                address=stopped.address,
-            )
+        self._autostop(provs)
         self.warm()  # the catalog is read once: it changes only with Skyform itself
-        plan = build_plan(desired, store, commit=pinned.commit, provs=provs, catalog=self._catalog)
+        plan = build_plan(
+            desired,
+            store,
+            commit=pinned.commit,
+            provs=provs,
+            catalog=self._catalog,
+            observe_timeout_s=self.settings.observe_timeout_s,
+        )
         text = render_text(plan)
         report.summary = summary_line(plan)
         report.changes = _changes(plan)
         report.drift = [{"address": c.address, "drift": c.drift} for c in plan.changes if c.drift]
-        self.metrics.drift_found.inc(len(report.drift))
+        # A drift is counted once: an alert-only drift seen again each interval is the same
+        # drift, not a new one; it counts again once it was healed or its reason changed.
+        drifted = {(d["address"], str(d["drift"])) for d in report.drift}
+        self.metrics.drift_found.inc(len(drifted - self._drift_seen))
+        self._drift_seen = drifted
         if plan.errors:
             report.outcome = "plan-error"
             report.message = "; ".join(f.message for f in plan.errors)
@@ -230,6 +238,25 @@ class Syncer:
             self._apply(report, plan, pinned, desired, provs)
         self._observe(store, provs)
         return text
+
+    def _autostop(self, provs: Mapping[str, Provider]) -> None:
+        """Idle clusters stop (or go down) before planning, so the plan sees them as stopped:
+        an autostop is a lifecycle event, never drift to heal. Providers are asked at once; one
+        that is slow or unreachable is skipped this time."""
+        now = time.time()
+        done = call_each(
+            provs,
+            lambda name, p: autostop.enforce({name: p}, now),
+            self.settings.observe_timeout_s,
+        )
+        for name in sorted(set(provs) - set(done)):
+            logs.warning(f"provider {name} is slow or unreachable; autostop skips it this time")
+        for stopped in (s for name in sorted(done) for s in done[name]):
+            verb = "torn down" if stopped.down else "stopped"
+            logs.info(
+                f"autostop: {verb} after {stopped.idle_minutes} idle minutes",
+                address=stopped.address,
+            )
 
     def _apply(
         self,
@@ -269,13 +296,15 @@ class Syncer:
 
     def _count(self, plan: Plan, result: ApplyResult) -> None:
         drifted = {c.address for c in plan.changes if c.drift and c.action != Action.NOOP}
-        self.metrics.drift_healed.inc(len(drifted & set(result.done)))
+        healed = drifted & set(result.done)
+        self.metrics.drift_healed.inc(len(healed))
+        self._drift_seen = {d for d in self._drift_seen if d[0] not in healed}
         self.metrics.apply_errors.inc(len(result.failed))
         self.metrics.failovers.inc(sum(1 for a in result.attempts.values() if len(a) > 1))
 
     def _observe(self, store: Store, provs: Mapping[str, Provider]) -> None:
         records = store.list_resources()
-        rows = resource_rows(records, refresh(records, provs))
+        rows = resource_rows(records, refresh(records, provs, self.settings.observe_timeout_s))
         cost = sum(r["cost_per_hour"] for r in rows if r["status"] not in DONE)
         self.metrics.set_resources([(r["kind"], r["status"]) for r in rows], cost)
         self.status.update(resources=rows, cost_per_hour=round(cost, 6))

@@ -1,6 +1,6 @@
 """A stdlib fake of the GCE REST API on 127.0.0.1, speaking the JSON google-cloud-compute sends
 and expects: instances insert/get/list/aggregatedList/delete/stop/start and zone operations
-get/wait, with injectable faults as GCE reports them:
+get/wait, setLabels (with its fingerprint check), with injectable faults as GCE reports them:
 
 - stockouts: the insert call succeeds and its *operation* ends in ZONE_RESOURCE_POOL_EXHAUSTED
   (HTTP 503 on the operation), by machine type and zone;
@@ -11,6 +11,8 @@ get/wait, with injectable faults as GCE reports them:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
 import re
@@ -63,6 +65,12 @@ def _labels_match(instance: dict[str, Any], expr: str) -> bool:
         if key not in labels or (value and labels[key] != value):
             return False
     return True
+
+
+def _fingerprint(labels: dict[str, str]) -> str:
+    """GCE's optimistic lock on labels: changes whenever they do."""
+    digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).digest()
+    return base64.b64encode(digest[:8]).decode()
 
 
 class FakeGce:
@@ -163,6 +171,13 @@ class FakeGce:
         if method == "POST" and tail[1:] in (["stop"], ["start"]):
             s.instances[(zone, name)]["status"] = "TERMINATED" if tail[1] == "stop" else "RUNNING"
             return self._new_op(project, zone, tail[1], name)
+        if method == "POST" and tail[1:] == ["setLabels"]:
+            instance = s.instances[(zone, name)]
+            if body.get("labelFingerprint", "") != instance["labelFingerprint"]:
+                raise ApiError(412, "conditionNotMet", "Labels fingerprint invalid")
+            instance["labels"] = dict(body.get("labels") or {})
+            instance["labelFingerprint"] = _fingerprint(instance["labels"])
+            return self._new_op(project, zone, "setLabels", name)
         raise ApiError(404, "notFound", f"no route {tail}")
 
     def _insert(self, project: str, zone: str, body: dict[str, Any]) -> Any:
@@ -188,6 +203,7 @@ class FakeGce:
             "id": str(n),
             "zone": f"{self.endpoint}{PREFIX}{project}/zones/{zone}",
             "status": "RUNNING",
+            "labelFingerprint": _fingerprint(body.get("labels") or {}),
             "creationTimestamp": "2025-01-01T00:00:00.000-08:00",
             "networkInterfaces": [
                 {

@@ -42,8 +42,8 @@ def _status(code: int) -> bytes:
     ).encode()
 
 
-def serve(handler: BaseHTTPRequestHandler, code: int, output: str) -> None:
-    """Answer an exec upgrade request with `output` and exit `code`, then close."""
+def handshake(handler: BaseHTTPRequestHandler) -> None:
+    """Accept a WebSocket upgrade with the `v4.channel.k8s.io` subprotocol."""
     key = handler.headers.get("Sec-WebSocket-Key", "")
     accept = base64.b64encode(hashlib.sha1((key + _GUID).encode()).digest()).decode()
     handler.send_response(101, "Switching Protocols")
@@ -52,6 +52,11 @@ def serve(handler: BaseHTTPRequestHandler, code: int, output: str) -> None:
     handler.send_header("Sec-WebSocket-Accept", accept)
     handler.send_header("Sec-WebSocket-Protocol", "v4.channel.k8s.io")
     handler.end_headers()
+
+
+def serve(handler: BaseHTTPRequestHandler, code: int, output: str) -> None:
+    """Answer an exec upgrade request with `output` and exit `code`, then close."""
+    handshake(handler)
     out = handler.wfile
     if output:
         out.write(_frame(0x2, b"\x01" + output.encode()))

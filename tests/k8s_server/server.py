@@ -1,7 +1,7 @@
 """The HTTP face of the fake API server: discovery (/version, /api, /apis, resource lists),
 get/list/create/replace/merge-patch/delete on namespaced and cluster resources (and delete of a
-collection by label selector), the pods' status, log and exec (WebSocket) subresources; every
-request is recorded so tests can count calls. Stdlib only.
+collection by label selector), the pods' status, log, exec and portforward (WebSocket)
+subresources; every request is recorded so tests can count calls. Stdlib only.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.k8s_server import exec_ws
+from tests.k8s_server import exec_ws, portforward_ws
 from tests.k8s_server.cluster import FakeCluster
 from tests.k8s_server.store import KINDS, ApiError, Obj, ObjectStore
 
@@ -39,7 +39,7 @@ def _resource_list(group_version: str) -> Obj:
              "kind": k.kind, "verbs": ["get", "patch", "update"]}
         )  # fmt: skip
     if group_version == "v1":
-        for sub in ("log", "exec"):
+        for sub in ("log", "exec", "portforward"):
             resources.append(
                 {"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": "Pod",
                  "verbs": ["get"] if sub == "log" else ["create", "get"]}
@@ -184,6 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
             if route.sub == "exec":
                 self._exec(route, query)
                 return
+            if route.sub == "portforward":
+                self._portforward(route, query)
+                return
             code, out = self._dispatch(method, route, query, body)
             if isinstance(out, str):
                 self._send_text(code, out)
@@ -279,6 +282,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "BadRequest", "container not found (pod is not running)")
         code, output = self.api.cluster.exec_handler(pod, query.get("command", []))
         exec_ws.serve(self, code, output)
+        self.close_connection = True
+
+    def _portforward(self, route: Route, query: dict[str, list[str]]) -> None:
+        pod = self.api.store.get("pods", route.namespace or "", str(route.name))
+        if pod.get("status", {}).get("phase") != "Running":
+            raise ApiError(400, "BadRequest", "unable to forward: the pod is not running")
+        ports = [int(p) for value in query.get("ports", []) for p in value.split(",") if p]
+        if not ports:
+            raise ApiError(400, "BadRequest", "at least one port must be given")
+        portforward_ws.serve(self, ports)
         self.close_connection = True
 
     def _send(self, code: int, obj: Obj) -> None:

@@ -1,18 +1,21 @@
 """`exec` and port-forward on Kubernetes pods through the real kubernetes client against the
 tests' fake API server (`tests/k8s_server`): a two-pod cluster launched by the provider, whose
-exec subresource here runs the command as a real shell with the pod's environment.
+exec subresource here runs the command as a real shell with the pod's environment, and whose
+portforward subresource (`tests/k8s_server/portforward_ws.py`) reaches a pod's port N at
+127.0.0.1:N, so a TCP echo server on the loopback stands in for a process in the pod.
 
-Not exercised offline: port-forward. The fake API server implements pod exec over WebSocket
-(output, then the exit status on the error channel) but not the portforward subresource, which
-needs a bidirectional WebSocket (client frames per port channel) that the fake does not speak
-yet; `test_port_forward_is_refused_by_a_server_without_it` shows the client's request reaching
-the server and the refusal becoming a ProviderError. Neither does the fake stream stdin, so
-`ssh`'s shell and `ssh-proxy` (sshd -i on the exec stream) cannot be driven here either.
+Not exercised offline: the fake does not stream stdin into exec, so `ssh`'s shell and
+`ssh-proxy` (sshd -i on the exec stream) cannot be driven here.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,12 @@ import pytest
 from applier.interactive import for_provider
 from applier.interactive_kubernetes import ACTIVITY_ANNOTATION
 from applier.provider import Handle, ResourceKind
-from schema.errors import SkyformError
+from schema.errors import ProviderError, SkyformError
+from state import Resource, open_store
 from tests.applier.kubernetes.conftest import kube  # noqa: F401
 from tests.k8s_server.harness import Kube, env_of, request
+from tests.reconciler.interactive.test_aws_interactive import echo_server  # noqa: F401
+from tests.reconciler.interactive.test_ssh_exec import _first_line
 
 TIMEOUT_S = 30
 
@@ -99,9 +105,89 @@ def test_a_node_the_cluster_lacks_is_refused(kube: Kube, cluster: Handle) -> Non
         run(kube.home, cluster, [2], "true")
 
 
-def test_port_forward_is_refused_by_a_server_without_it(kube: Kube, cluster: Handle) -> None:  # noqa: F811
-    """See the module docstring: the fake has no portforward subresource."""
+def _exchange(conn: Any, payload: bytes) -> bytes:
+    """Send `payload` and read as many bytes back. The client's port-forward cannot pass a
+    half-close on (closing its side ends the whole stream), so the echo is read by length."""
+    conn.sendall(payload)
+    received = b""
+    while len(received) < len(payload):
+        chunk = conn.recv(65536)
+        assert chunk, f"the stream ended after {len(received)} of {len(payload)} bytes"
+        received += chunk
+    return received
+
+
+def test_connect_relays_bytes_to_a_port_in_the_pod(
+    kube: Kube,  # noqa: F811
+    cluster: Handle,
+    echo_server: int,  # noqa: F811
+) -> None:
     iact = for_provider("kubernetes", kube.home)
-    with pytest.raises(SkyformError):
-        iact.connect(cluster, 0, 8888)
+    conn = iact.connect(cluster, 1, echo_server)
+    try:
+        for payload in (b"ping", bytes(range(256)) * 800):
+            assert _exchange(conn, payload) == payload
+    finally:
+        conn.close()
     assert kube.a.calls(path_suffix="/portforward")
+
+
+def test_connect_to_a_closed_port_ends_with_the_servers_error(
+    kube: Kube,  # noqa: F811
+    cluster: Handle,
+) -> None:
+    """The API server reports a refused port on the port's error channel after accepting the
+    stream; the stream then ends without a byte (`connect` itself may return first)."""
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    iact = for_provider("kubernetes", kube.home)
+    try:
+        conn = iact.connect(cluster, 0, closed)
+    except ProviderError as exc:
+        assert f"nothing answers on port {closed}" in str(exc)
+        return
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(conn.recv(16)), daemon=True)
+    try:
+        reader.start()
+        reader.join(TIMEOUT_S)
+        assert got == [b""]
+    finally:
+        conn.close()
+
+
+def test_port_forward_cli_relays_to_the_pod(
+    kube: Kube,  # noqa: F811
+    cluster: Handle,
+    echo_server: int,  # noqa: F811
+) -> None:
+    with open_store(None, kube.home) as store:
+        store.put_resource(
+            Resource(
+                "cluster.dev", "cluster", "h", handles={"handle": cluster.as_dict()}, status="up"
+            )
+        )
+    env = {**os.environ, "SKYFORM_HOME": str(kube.home), "KUBECONFIG": str(kube.kubeconfig)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "port-forward", "dev", f"0:{echo_server}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = _first_line(proc)
+        if not line.startswith("Forwarding 127.0.0.1:"):
+            assert proc.stderr is not None
+            raise AssertionError(line + proc.stderr.read())
+        local = int(line.split("127.0.0.1:")[1].split()[0])
+        # One connection: the fake's echo server serves one at a time, and whether the pod's
+        # end of a forwarded connection is closed when the local one is is not checked here.
+        with socket.create_connection(("127.0.0.1", local), timeout=TIMEOUT_S) as conn:
+            for payload in (b"ping", b"x" * 100_000):
+                assert _exchange(conn, payload) == payload
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err

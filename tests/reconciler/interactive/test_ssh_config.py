@@ -129,9 +129,9 @@ def test_clusters_without_a_way_in_get_a_comment_not_a_host(tmp_path: Path) -> N
         )
         return Resource(address, kind, "h", handles={"handle": handle.as_dict()})
 
-    records = [record("cluster.pods", "cluster", "gcp"), record("job.j", "job", "local")]
+    records = [record("cluster.pods", "cluster", "lambda"), record("job.j", "job", "local")]
     text = write_ssh_config(tmp_path, records).read_text()
-    assert "# cluster.pods: Skyform cannot connect to gcp clusters yet" in text
+    assert "# cluster.pods: Skyform cannot connect to lambda clusters yet" in text
     assert "\nHost " not in text
 
 
