@@ -304,20 +304,7 @@ class AwsProvider(SshNodesProvider[Instances]):
 
     def _nodes(self, group: Instances) -> cloud_nodes.Nodes:
         user = str(self._settings.get("ssh_user") or "ubuntu")
-        key, _ = ssh.ensure_key(self._home)
-        targets = tuple(ssh.target(ip, self._settings, user, key) for ip in group.ssh_ips())
-        resource = group.handle_fields()["resource"]
-        return cloud_nodes.Nodes(
-            resource=resource,
-            targets=targets,
-            root=str(self._settings.get("remote_root") or ssh_node.DEFAULT_ROOT),
-            mirror=self._root / resource,
-            connect_timeout=self._ssh_timeout,
-            connect_interval=min(self._poll, 2.0),
-        )
-
-    def _mirror_of(self, handle: Handle) -> Path:
-        return self._root / files.resource_dir_name(handle.address, handle.skyform_id)
+        return self._ssh_nodes(group.ssh_ips(), user, group.handle_fields()["resource"])
 
     def _handle(self, group: Instances) -> Handle:
         f = group.handle_fields()

@@ -271,22 +271,9 @@ class GcpProvider(SshNodesProvider[Instances]):
         return str(self._settings.get("ssh_user") or "gcpuser")
 
     def _nodes(self, group: Instances) -> cloud_nodes.Nodes:
-        key, _ = ssh.ensure_key(self._home)
-        user = self._user()
-        targets = tuple(ssh.target(ip, self._settings, user, key) for ip in group.ssh_ips())
         f = group.handle_fields()
         resource = files.resource_dir_name(f["address"], f["skyform_id"])
-        return cloud_nodes.Nodes(
-            resource=resource,
-            targets=targets,
-            root=str(self._settings.get("remote_root") or ssh_node.DEFAULT_ROOT),
-            mirror=self._root / resource,
-            connect_timeout=self._ssh_timeout,
-            connect_interval=min(self._poll, 2.0),
-        )
-
-    def _mirror_of(self, handle: Handle) -> Path:
-        return self._root / files.resource_dir_name(handle.address, handle.skyform_id)
+        return self._ssh_nodes(group.ssh_ips(), self._user(), resource)
 
     def _handle(self, group: Instances) -> Handle:
         f = group.handle_fields()

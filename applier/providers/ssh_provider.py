@@ -8,9 +8,9 @@ A provider subclasses `SshNodesProvider` and supplies how to find a handle's ins
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from applier.provider import (
     Handle,
@@ -20,7 +20,8 @@ from applier.provider import (
     ResourceKind,
     ResourceStatus,
 )
-from applier.providers import cloud_nodes
+from applier.providers import cloud_nodes, ssh, ssh_node
+from applier.providers import local_files as files
 from schema.errors import ProviderError
 
 
@@ -36,6 +37,14 @@ G = TypeVar("G", bound=NodeGroup)
 
 
 class SshNodesProvider(Generic[G]):
+    # Set by the subclass: where logs are mirrored, Skyform's home (for the SSH key), the
+    # provider's settings, and its SSH timing.
+    _root: Path
+    _home: Path
+    _settings: Mapping[str, Any]
+    _ssh_timeout: float
+    _poll: float
+
     def _by_handle(self, handle: Handle) -> G:
         raise NotImplementedError
 
@@ -43,7 +52,18 @@ class SshNodesProvider(Generic[G]):
         raise NotImplementedError
 
     def _mirror_of(self, handle: Handle) -> Path:
-        raise NotImplementedError
+        return self._root / files.resource_dir_name(handle.address, handle.skyform_id)
+
+    def _ssh_nodes(self, ips: Sequence[str], user: str, resource: str) -> cloud_nodes.Nodes:
+        key, _ = ssh.ensure_key(self._home)
+        return cloud_nodes.Nodes(
+            resource=resource,
+            targets=tuple(ssh.target(ip, self._settings, user, key) for ip in ips),
+            root=str(self._settings.get("remote_root") or ssh_node.DEFAULT_ROOT),
+            mirror=self._root / resource,
+            connect_timeout=self._ssh_timeout,
+            connect_interval=min(self._poll, 2.0),
+        )
 
     def _observed(self, group: G, handle: Handle) -> ObservedResource:
         states = group.states(handle.num_nodes)
