@@ -47,6 +47,7 @@ class AwsProvider(SshNodesProvider[Instances]):
     """See the module docstring. Built by `from_settings`; `client` makes one region's client."""
 
     name = "aws"
+    _cloud_label = "AWS"
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class AwsProvider(SshNodesProvider[Instances]):
             group = Instances(self._create(region, req))
         assert group is not None
         try:
-            group = self._wait_running(region, req, group)
+            group = self._wait_running(req, group, lambda g: Instances(region.by_ids(g.ids)))
             handle = self._handle(group)
             # Adopting: the node drivers notice they were started already and are left alone.
             self._start_runs(replace(req, task_id=handle.task_id), group)
@@ -204,33 +205,8 @@ class AwsProvider(SshNodesProvider[Instances]):
         }
         return [{"Key": k, "Value": v} for k, v in values.items()]
 
-    def _wait_running(
-        self, region: aws_ec2.Region, req: LaunchRequest, group: Instances
-    ) -> Instances:
-        """Until every node runs; a node terminated while booting is a capacity loss."""
-        deadline = time.monotonic() + self._boot_timeout
-        while True:
-            states = group.states(req.num_nodes)
-            if cloud_nodes.GONE in states:
-                raise CapacityError(
-                    f"{req.address}: {states.count(cloud_nodes.GONE)} instance(s) ended while "
-                    f"booting ({group.reasons()}) on {req.placement.describe()}",
-                    req.placement,
-                )
-            if cloud_nodes.STOPPED in states:
-                raise ProviderError(f"{req.address} is stopped; start it before updating it")
-            if all(s == cloud_nodes.UP for s in states) and len(states) == req.num_nodes:
-                return group
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    f"{req.address}: instances not running after {self._boot_timeout:g}s"
-                )
-            time.sleep(self._poll)
-            group = Instances(region.by_ids(group.ids))
-
-    def _start_runs(self, req: LaunchRequest, group: Instances) -> None:
-        envs = cloud_nodes.node_envs(req, "AWS", group.private_ips(), time.time())
-        cloud_nodes.start_runs(self._nodes(group), req, envs)
+    def _boot_detail(self, group: Instances) -> str:
+        return f" ({group.reasons()})"
 
     # ---- observe --------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class GcpProvider(SshNodesProvider[Instances]):
     """See the module docstring. Built by `from_settings`."""
 
     name = "gcp"
+    _cloud_label = "GCP"
 
     def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
         self._home = home
@@ -77,7 +78,7 @@ class GcpProvider(SshNodesProvider[Instances]):
             group = Instances(self._create(req))
         assert group is not None
         try:
-            group = self._wait_running(req, group)
+            group = self._wait_running(req, group, self._refetch)
             handle = self._handle(group)
             self._remember(handle)
             # Adopting: the node drivers notice they were started already and are left alone.
@@ -142,32 +143,6 @@ class GcpProvider(SshNodesProvider[Instances]):
             "ports": list(req.ports),
         }
         return json.dumps(fields, separators=(",", ":"))
-
-    def _wait_running(self, req: LaunchRequest, group: Instances) -> Instances:
-        """Until every node runs; a node ended while booting is a capacity loss."""
-        deadline = time.monotonic() + self._boot_timeout
-        while True:
-            states = group.states(req.num_nodes)
-            if cloud_nodes.GONE in states:
-                raise CapacityError(
-                    f"{req.address}: {states.count(cloud_nodes.GONE)} instance(s) ended while "
-                    f"booting on {req.placement.describe()}",
-                    req.placement,
-                )
-            if cloud_nodes.STOPPED in states:
-                raise ProviderError(f"{req.address} is stopped; start it before updating it")
-            if all(s == cloud_nodes.UP for s in states):
-                return group
-            if time.monotonic() > deadline:
-                raise ProviderError(
-                    f"{req.address}: instances not running after {self._boot_timeout:g}s"
-                )
-            time.sleep(self._poll)
-            group = self._refetch(group)
-
-    def _start_runs(self, req: LaunchRequest, group: Instances) -> None:
-        envs = cloud_nodes.node_envs(req, "GCP", group.private_ips(), time.time())
-        cloud_nodes.start_runs(self._nodes(group), req, envs)
 
     # ---- observe --------------------------------------------------------------------------
 

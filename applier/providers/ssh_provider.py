@@ -8,13 +8,15 @@ A provider subclasses `SshNodesProvider` and supplies how to find a handle's ins
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from applier.provider import (
     Handle,
     JobState,
+    LaunchRequest,
     LogFile,
     ObservedResource,
     ResourceKind,
@@ -22,7 +24,7 @@ from applier.provider import (
 )
 from applier.providers import cloud_nodes, ssh, ssh_node
 from applier.providers import local_files as files
-from schema.errors import ProviderError
+from schema.errors import CapacityError, ProviderError
 
 
 class NodeGroup(Protocol):
@@ -31,6 +33,8 @@ class NodeGroup(Protocol):
     def reclaimed(self, handle: Handle) -> bool: ...
 
     def launched_at(self) -> float: ...
+
+    def private_ips(self) -> list[str]: ...
 
 
 G = TypeVar("G", bound=NodeGroup)
@@ -44,12 +48,44 @@ class SshNodesProvider(Generic[G]):
     _settings: Mapping[str, Any]
     _ssh_timeout: float
     _poll: float
+    _boot_timeout: float
+    _cloud_label: str  # SKYPILOT_CLUSTER_INFO's cloud, e.g. "AWS"
 
     def _by_handle(self, handle: Handle) -> G:
         raise NotImplementedError
 
     def _nodes(self, group: G) -> cloud_nodes.Nodes:
         raise NotImplementedError
+
+    def _boot_detail(self, group: G) -> str:
+        """Extra words on why instances ended while booting (the cloud's state reasons)."""
+        return ""
+
+    def _wait_running(self, req: LaunchRequest, group: G, refetch: Callable[[G], G]) -> G:
+        """Until every node runs; a node ended while booting is a capacity loss."""
+        deadline = time.monotonic() + self._boot_timeout
+        while True:
+            states = group.states(req.num_nodes)
+            if cloud_nodes.GONE in states:
+                raise CapacityError(
+                    f"{req.address}: {states.count(cloud_nodes.GONE)} instance(s) ended while "
+                    f"booting{self._boot_detail(group)} on {req.placement.describe()}",
+                    req.placement,
+                )
+            if cloud_nodes.STOPPED in states:
+                raise ProviderError(f"{req.address} is stopped; start it before updating it")
+            if all(s == cloud_nodes.UP for s in states) and len(states) == req.num_nodes:
+                return group
+            if time.monotonic() > deadline:
+                raise ProviderError(
+                    f"{req.address}: instances not running after {self._boot_timeout:g}s"
+                )
+            time.sleep(self._poll)
+            group = refetch(group)
+
+    def _start_runs(self, req: LaunchRequest, group: G) -> None:
+        envs = cloud_nodes.node_envs(req, self._cloud_label, group.private_ips(), time.time())
+        cloud_nodes.start_runs(self._nodes(group), req, envs)
 
     def _mirror_of(self, handle: Handle) -> Path:
         return self._root / files.resource_dir_name(handle.address, handle.skyform_id)
