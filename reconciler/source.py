@@ -4,6 +4,7 @@ out into its own worktree so an apply reads exactly one commit, optionally signa
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -90,12 +91,16 @@ class GitSource:
     def _open(self) -> git.Repo:
         bare = self.root / "repo.git"
         bare.parent.mkdir(parents=True, exist_ok=True)
-        repo = git.Repo.init(bare, bare=True)
-        names = [r.name for r in repo.remotes]
-        if "origin" not in names:
-            repo.create_remote("origin", self._fetch_url())
-        else:
-            repo.remote("origin").set_url(self._fetch_url())
+        # Daemons sharing one Skyform home (a leader and its standbys) must not run
+        # `git init` on the same cache at once: git refuses a locked config file.
+        with (self.root / ".init.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            repo = git.Repo.init(bare, bare=True)
+            names = [r.name for r in repo.remotes]
+            if "origin" not in names:
+                repo.create_remote("origin", self._fetch_url())
+            else:
+                repo.remote("origin").set_url(self._fetch_url())
         return repo
 
     def _fetch_url(self) -> str:
