@@ -229,7 +229,7 @@ def stop_controller(handles: Mapping[str, Any], timeout: float = 60.0) -> None:
     if not directory:
         return
     path = Path(directory)
-    if not controllers.is_running(path) and _may_hold_resources(path):
+    if not controllers.is_running(path) and controllers.unfinished(path):
         # A dead controller cannot tear down what it ran: start it again with the cancel
         # already requested; it adopts its resources, terminates them and exits.
         spec = controllers.read_spec(path)
@@ -238,7 +238,7 @@ def stop_controller(handles: Mapping[str, Any], timeout: float = 60.0) -> None:
             controllers.start(path.parent.parent, spec)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and (
-                _may_hold_resources(path) or controllers.is_running(path)
+                controllers.unfinished(path) or controllers.is_running(path)
             ):
                 time.sleep(0.1)
     if controllers.is_running(path):
@@ -246,16 +246,6 @@ def stop_controller(handles: Mapping[str, Any], timeout: float = 60.0) -> None:
         if not controllers.wait_stopped(path, timeout):
             raise ProviderError(f"controller in {path} did not stop within {timeout:.0f}s")
     shutil.rmtree(path, ignore_errors=True)
-
-
-_ENDED = frozenset(
-    {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED", "SHUTDOWN"}
-)
-
-
-def _may_hold_resources(path: Path) -> bool:
-    status = controllers.read_status(path)
-    return status.get("status") not in _ENDED or bool(status.get("retiring"))
 
 
 def terminate_cluster(handles: Mapping[str, Any], providers: Mapping[str, Provider]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from applier.provider import Provider
 from applier.providers import registry
-from applier.refresh import Live
+from applier.refresh import Live, call_each
 from applier.refresh import refresh as refresh_live
 from planner.catalog import Catalog, load_shipped_catalog
 from planner.diff import Observed, PlanInputs, make_plan
@@ -104,11 +104,18 @@ def providers(desired: DesiredState | None) -> dict[str, Provider]:
     return usable
 
 
-def live_offerings(provs: Mapping[str, Provider]) -> list[LiveOffering]:
-    """Free capacity as the providers see it now (what Skyform already runs is subtracted)."""
+def live_offerings(
+    provs: Mapping[str, Provider], timeout_s: float | None = None
+) -> list[LiveOffering]:
+    """Free capacity as the providers see it now (what Skyform already runs is subtracted).
+
+    The providers are asked at once, each bounded by `timeout_s` (refresh's default): one that
+    errs or does not answer in time offers no live capacity, so nothing is placed on a guess.
+    """
     out = []
-    for provider in provs.values():
-        for free in provider.capacity():
+    answers = call_each(provs, lambda _, p: p.capacity(), timeout_s)
+    for name in [n for n in provs if n in answers]:
+        for free in answers[name]:
             out.append(
                 LiveOffering(
                     cloud=free.cloud,
@@ -193,7 +200,7 @@ def build_plan(
         desired=desired,
         observed=observed_from(records, live),
         catalog=catalog or load_shipped_catalog(),
-        offerings=live_offerings(provs) if provs else local_offerings(),
+        offerings=live_offerings(provs, observe_timeout_s) if provs else local_offerings(),
         blocked=blocked,
         lineage=meta.lineage,
         serial=meta.serial,

@@ -117,6 +117,7 @@ class Reconcile(Frozen):
     branch: str = "main"
     poll_interval: Seconds = 60.0
     drift_interval: Seconds = 600.0
+    health_interval: Seconds = 30.0  # job and replica controllers kept alive
     auto_apply: bool = True
     self_heal: bool = True
 

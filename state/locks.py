@@ -96,6 +96,18 @@ def heartbeat(db: Db, now: float, lock_id: str, ttl: float | None) -> LockInfo:
     )
 
 
+def check_fence(db: Db, lock_id: str) -> None:
+    """Refuse a write made under a lease that is no longer the caller's (a fencing token: a
+    leader frozen past its lease, then woken, must not write over its successor's work)."""
+    lock = current(db)
+    if lock is None or lock.lock_id != lock_id:
+        taken = f"; it is now held by {lock.describe()}" if lock else ""
+        raise LockLostError(
+            f"this write was made under lock {lock_id}, which is no longer held (it expired "
+            f"or was unlocked){taken}. Nothing was written; plan again."
+        )
+
+
 def release(db: Db, lock_id: str) -> LockInfo | None:
     lock = current(db)
     if lock is None or lock.lock_id != lock_id:

@@ -67,6 +67,7 @@ class SqlStore:
         self._clock = clock
         # Which host a lock holder is on decides whether its pid can be checked at all.
         self._host = host or socket.gethostname()
+        self._fence: str | None = None
         try:
             self._version = migrate(db, clock, schema_version)
         except BaseException:
@@ -100,6 +101,8 @@ class SqlStore:
                 # The meta row is the single point every writer queues on; SQLite's
                 # BEGIN IMMEDIATE already did the same.
                 db.execute("SELECT serial FROM meta WHERE id = 1 FOR UPDATE")
+            if self._fence is not None:
+                locks.check_fence(db, self._fence)
             yield db
             db.commit()
         except BaseException:
@@ -200,7 +203,13 @@ class SqlStore:
 
     def release_lock(self, lock_id: str) -> bool:
         with self._write() as db:
-            return locks.release(db, lock_id) is not None
+            released = locks.release(db, lock_id) is not None
+        if self._fence == lock_id:
+            self._fence = None
+        return released
+
+    def fence(self, lock_id: str | None) -> None:
+        self._fence = lock_id
 
     def current_lock(self) -> LockInfo | None:
         return locks.current(self._db)

@@ -70,6 +70,12 @@ class Store(Protocol):
 
     def release_lock(self, lock_id: str) -> bool: ...
 
+    def fence(self, lock_id: str | None) -> None:
+        """From now on every write of this store checks, in its own transaction, that the lock
+        is still `lock_id`, else raises `LockLostError` and writes nothing (None: stop checking).
+        Releasing that lock through this store ends the fence."""
+        ...
+
     def current_lock(self) -> LockInfo | None: ...
 
     # -- intent journal ---------------------------------------------------------------------

@@ -16,12 +16,13 @@ adopts a controller a crashed one started instead of starting a second.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,10 @@ STATUS_FILE = "status.json"
 SPEC_FILE = "spec.json"
 PID_FILE = "pid.json"
 CANCEL_FILE = "cancel"
+# Final statuses of jobs (SUCCEEDED...) and services (SHUTDOWN): nothing left to watch.
+ENDED = frozenset(
+    {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_NO_RESOURCE", "CANCELLED", "SHUTDOWN"}
+)
 
 
 @dataclass(frozen=True)
@@ -118,31 +123,71 @@ def cancel_requested(directory: Path) -> bool:
 
 
 def start(home: Path, spec: ControllerSpec) -> Path:
-    """Start (or adopt, when one already runs for this skyform_id) a detached controller."""
+    """Start (or adopt, when one already runs for this skyform_id) a detached controller.
+
+    Check and spawn happen under the directory's lock, held until the new process registered,
+    so an apply and the daemon's health tick racing here never start two controllers."""
     directory = controller_dir(home, spec.address, spec.skyform_id)
-    if is_running(directory):
-        write_spec(directory, spec)  # a newer version for a rolling update is picked up
-        return directory
-    write_spec(directory, spec)
-    log = (directory / "controller.log").open("ab")
-    module = f"applier.controllers.{spec.kind}"
-    env = {**os.environ, "SKYFORM_HOME": str(home)}
-    subprocess.Popen(
-        [sys.executable, "-m", module, str(directory)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,  # outlives the CLI process and its terminal
-        env=env,
-        close_fds=True,
-    )
-    log.close()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not is_running(directory):
-        if read_status(directory).get("status"):
-            break
-        time.sleep(0.05)
+    directory.mkdir(parents=True, exist_ok=True)
+    with _start_lock(directory):
+        if is_running(directory):
+            write_spec(directory, spec)  # a newer version for a rolling update is picked up
+            return directory
+        write_spec(directory, spec)
+        _spawn(home, directory, spec.kind)
     return directory
+
+
+@contextlib.contextmanager
+def _start_lock(directory: Path) -> Iterator[None]:
+    with (directory / ".start.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _spawn(home: Path, directory: Path, kind: str) -> None:
+    env = {**os.environ, "SKYFORM_HOME": str(home)}
+    with (directory / "controller.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"applier.controllers.{kind}", str(directory)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # outlives the CLI process and its terminal
+            env=env,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        rec = read_json(directory / PID_FILE)
+        if rec is not None and int(rec["pid"]) == proc.pid:
+            return
+        time.sleep(0.05)
+
+
+def unfinished(directory: Path) -> bool:
+    """Whether the controller's work may still run or hold resources (not ended, or ended with
+    teardowns left to finish)."""
+    status = read_status(directory)
+    return status.get("status") not in ENDED or bool(status.get("retiring"))
+
+
+def revive(home: Path, skip: Collection[Path] = ()) -> list[tuple[str, Path]]:
+    """Start again every controller whose process died before its work ended (OOM, a reboot, a
+    kill): it adopts what it ran and carries on, so a job keeps its progress instead of being
+    recreated. A controller asked to cancel is left to whoever asked. Returns (address, dir)."""
+    revived = []
+    for directory, spec in list_controllers(home):
+        if directory in skip or is_running(directory) or cancel_requested(directory):
+            continue
+        if not unfinished(directory):
+            continue
+        with _start_lock(directory):
+            if is_running(directory) or cancel_requested(directory) or read_spec(directory) is None:
+                continue
+            _spawn(home, directory, spec.kind)
+        revived.append((spec.address, directory))
+    return revived
 
 
 def request_cancel(directory: Path) -> None:

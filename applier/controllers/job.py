@@ -12,7 +12,9 @@ Semantics:
   `owned_by(spec.skyform_id, id)` tells the applier which provider resources are the job's.
 - Initial launch of a stage: one pass over `spec.candidates` in order; CapacityError moves to the
   next, TransientError retries the same one with backoff (bounded), ProviderError stops the job
-  (FAILED). A pass with no success ends the job FAILED_NO_RESOURCE, every attempt listed.
+  (FAILED). As SkyPilot's `_launch(max_retry=3)`, a pass that met capacity errors is repeated
+  after `retry_gap` (then x1.6), three passes in all; then the job ends FAILED_NO_RESOURCE,
+  every attempt listed (`launch_passes` counts the passes of the current stage).
 - PREEMPTED / NODE_LOST: RECOVERING; the resource is terminated and relaunched, first in the
   strategy's order (FAILOVER: same placement first; EAGER_NEXT_REGION, the default: another
   (cloud, region) first), then plan order; as SkyPilot, recovery never gives up: a pass with no

@@ -145,6 +145,7 @@ class JobRecord:
     log_paths: list[dict[str, Any]] = field(default_factory=list)
     exit_codes: list[int | None] = field(default_factory=list)
     launch_seq: int = 0
+    launch_passes: int = 0
     launch_reason: str = "launch"
     previous_placement: dict[str, Any] | None = None
     task_id: str | None = None

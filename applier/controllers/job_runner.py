@@ -31,6 +31,8 @@ from schema.errors import CapacityError, ProviderError, SkyformError, TransientE
 from schema.task import Task
 
 RETRY_GAP_SECONDS = 60.0  # SkyPilot's RETRY_INIT_GAP_SECONDS between recovery passes
+LAUNCH_PASSES = 3  # SkyPilot's `_launch(max_retry=3)` for a job's first launch
+LAUNCH_BACKOFF = 1.6  # SkyPilot's Backoff multiplier between those passes
 TRANSIENT_TRIES = 3  # launches of one candidate on TransientError before moving on
 BACKOFF_MAX_SECONDS = 30.0
 
@@ -148,8 +150,24 @@ class JobRunner:
             if a["stage"] == rec.stage and a["reason"] == reason
         )
         if reason == "launch":
-            self._finish(jr.FAILED_NO_RESOURCE, f"no candidate could take the job ({tried})")
-            return None
+            # SkyPilot's `_launch(max_retry=3)`: up to three passes, the gap growing between
+            # them; a pass that met no capacity error (no provider at all) is not retried.
+            rec.launch_passes += 1
+            retry = any(
+                a["outcome"] in ("capacity", "transient")
+                for a in rec.attempts[-len(order) :]
+                if a["stage"] == rec.stage
+            )
+            if not retry or rec.launch_passes >= LAUNCH_PASSES:
+                self._finish(jr.FAILED_NO_RESOURCE, f"no candidate could take the job ({tried})")
+                return None
+            gap = self.retry_gap * LAUNCH_BACKOFF ** (rec.launch_passes - 1)
+            self._set(
+                rec.status,
+                f"no candidate could take the job yet ({tried}); "
+                f"pass {rec.launch_passes + 1}/{LAUNCH_PASSES} in {gap:g}s",
+            )
+            return gap
         # Recovery never gives up (SkyPilot): the next pass searches every candidate in order.
         rec.previous_placement = None
         self._set(rec.status, f"no capacity for the relaunch; retrying in {self.retry_gap:g}s")
@@ -244,6 +262,7 @@ class JobRunner:
             rec.stage += 1
             rec.task_id = None
             rec.error_restarts = 0
+            rec.launch_passes = 0
             rec.launch_reason = "launch"
             rec.previous_placement = None
             rec.status = jr.STARTING

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import getpass
 import os
-import socket
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -21,6 +17,7 @@ from planner.diff import PlanInputs, make_plan
 from planner.plan import Action, Plan, PlanFormatError, from_json
 from planner.render_text import render_text
 from reconciler.cli.common import env_option, parse_env_pairs
+from reconciler.cli.lease import locked, who
 from reconciler.cli.plan_cmd import print_spec_error
 from reconciler.cli.ssh_cmd import update_ssh_config
 from reconciler.context import (
@@ -33,7 +30,7 @@ from reconciler.context import (
     repo_commit,
     skyform_home,
 )
-from schema.errors import LockHeldError, SkyformError, SpecError
+from schema.errors import SkyformError, SpecError
 from schema.repo import DesiredState
 from schema.repo_config import RepoConfig
 from state import Store
@@ -42,29 +39,6 @@ from state import Store
 def register(group: click.Group) -> None:
     group.add_command(apply)
     group.add_command(destroy)
-
-
-def who() -> str:
-    try:
-        name = getpass.getuser()
-    except (KeyError, OSError):
-        name = "unknown"
-    return f"{name}@{socket.gethostname()}"
-
-
-@contextlib.contextmanager
-def locked(store: Store, operation: str) -> Iterator[None]:
-    try:
-        lock = store.acquire_lock(who(), operation, ttl=3600)
-    except LockHeldError as exc:
-        raise click.ClickException(
-            f"{exc}\nAnother apply is running; wait for it, or if its holder is dead run "
-            "`skyform state unlock LOCK_ID`."
-        ) from exc
-    try:
-        yield
-    finally:
-        store.release_lock(lock.lock_id)
 
 
 def _confirm(yes: bool, what: str) -> None:
@@ -154,7 +128,10 @@ def apply(
     desired = _load(root, env)
     provs = providers(desired)
     try:
-        with open_state(state_url, desired) as store, locked(store, "apply"):
+        with (
+            open_state(state_url, desired) as store,
+            locked(store, "apply", lambda: open_state(state_url, desired)),
+        ):
             for note in recover_journal(store, skyform_home(), provs):
                 click.echo(f"  {note}")
             if saved is not None:
@@ -213,7 +190,10 @@ def destroy(
         desired = None  # destroy must work even when the repo no longer loads
     provs = providers(desired)
     try:
-        with open_state(state_url, desired) as store, locked(store, "destroy"):
+        with (
+            open_state(state_url, desired) as store,
+            locked(store, "destroy", lambda: open_state(state_url, desired)),
+        ):
             recover_journal(store, skyform_home(), provs)
             plan = _destroy_plan(store, addresses, root)
             click.echo(render_text(plan, color=sys.stdout.isatty()), nl=False)

@@ -53,10 +53,15 @@ class Leadership:
         return lock_id is not None and time.monotonic() - self._renewed < self.renew_deadline
 
     def confirm(self, store: Store) -> None:
-        """Renew through the caller's store right before acting; raises LockLostError."""
+        """Renew through the caller's store right before acting, and fence that store to the
+        lease: from then on each of its writes (every provider call's journal entry first)
+        checks in its own transaction that the lease is still ours. A leader frozen past its
+        lease and woken after a standby took over cannot write, so cannot act. Raises
+        LockLostError."""
         if self.lock_id is None or not self.is_leader():
             raise LockLostError("this replica is not the leader")
         store.heartbeat(self.lock_id, self.lease_s)
+        store.fence(self.lock_id)
         self._renewed = time.monotonic()
 
     def check(self) -> None:

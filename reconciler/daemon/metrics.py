@@ -63,6 +63,12 @@ class Metrics:
         self.commit_invalid = Gauge(
             "skyform_head_commit_invalid", "1 while the branch head fails validation", registry=r
         )
+        self.controller_restarts = Counter(
+            "skyform_controller_restarts",
+            "Job and service controllers started again after their process died",
+            ["address"],
+            registry=r,
+        )
         self.source_errors = Counter(
             "skyform_source_errors", "Failed fetches of the git remote", registry=r
         )

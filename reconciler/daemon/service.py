@@ -18,6 +18,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from reconciler.context import state_url
 from reconciler.daemon import logs
+from reconciler.daemon.health import ControllerHealth
 from reconciler.daemon.http import Hooks, Server
 from reconciler.daemon.leader import Leadership
 from reconciler.daemon.metrics import Metrics
@@ -64,7 +65,10 @@ class Daemon:
         self._synced = threading.Event()
         self._worker = threading.Thread(target=self._work, name="sync-worker", daemon=True)
         self.scheduler = BackgroundScheduler(daemon=True)
-        self._intervals: tuple[float, float] | None = None
+        self._intervals: tuple[float, float, float] | None = None
+        self.health = ControllerHealth(
+            home, lambda address: self.metrics.controller_restarts.labels(address=address).inc()
+        )
         self.http: Server | None = None
         # The store: --state, else $SKYFORM_STATE, else skyform.yaml's `state:` (read from the
         # branch head before anything else, since leading needs the store), else SQLite.
@@ -233,11 +237,11 @@ class Daemon:
             )
 
     def _schedule(self, config: Reconcile) -> None:
-        wanted = (config.poll_interval, config.drift_interval)
+        wanted = (config.poll_interval, config.drift_interval, config.health_interval)
         if wanted == self._intervals:
             return
         self._intervals = wanted
-        poll, drift = wanted
+        poll, drift, health = wanted
         # Jitter spreads many daemons' fetches of one remote (Argo CD adds up to 50%).
         jitter = min(poll * 0.2, 30.0)
         for name, seconds, spread in (("poll", poll, jitter), ("drift", drift, 0.0)):
@@ -250,7 +254,24 @@ class Daemon:
                 max_instances=1,
                 coalesce=True,
             )
-        logs.info("schedules set", poll_interval=poll, drift_interval=drift)
+        # Off the sync worker: a long apply or a slow provider does not delay it.
+        self.scheduler.add_job(
+            self._health,
+            IntervalTrigger(seconds=health),
+            id="health",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+        )
+        logs.info("schedules set", poll_interval=poll, drift_interval=drift, health_interval=health)
+
+    def _health(self) -> None:
+        if not self.leadership.is_leader():
+            return  # a standby's controllers are the leader's to mind
+        try:
+            self.health.tick()
+        except Exception as exc:  # the schedule must outlive any one tick's bug
+            logs.logger().exception(f"health tick crashed: {exc}")
 
     # -- HTTP -----------------------------------------------------------------------------------
     def _hooks(self) -> Hooks:

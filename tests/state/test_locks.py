@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from schema.errors import LockHeldError
-from state import LockInfo, LockLostError, Store
+from state import LockInfo, LockLostError, Resource, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,3 +115,37 @@ def test_a_dead_holder_on_this_host_loses_its_lock_before_expiry(
     assert ghost is not None and ghost.pid == int(done.stdout)
     # subprocess.run has reaped the child, so its pid no longer exists (no zombie).
     assert store.acquire_lock("alice", "apply").holder == "alice"
+
+
+def test_a_fenced_store_writes_only_while_its_lease_is_the_current_lock(
+    open_at: Callable[[], Store], clock: Any
+) -> None:
+    leader, standby = open_at(), open_at()
+    lease = leader.acquire_lock("replica-a", "reconcile", ttl=30)
+    leader.fence(lease.lock_id)
+    leader.put_resource(Resource(address="job.a", kind="job", spec_hash="h"))
+    # Expired but not yet taken: still ours, as a heartbeat would find it.
+    clock.advance(31)
+    leader.record_intent("k1", "job.a", "create")
+    # The leader "froze"; the standby took the lease. The woken leader's writes are refused,
+    # whole: nothing of them lands.
+    standby.acquire_lock("replica-b", "reconcile", ttl=30)
+    serial = standby.meta().serial
+    with pytest.raises(LockLostError, match="replica-b"):
+        leader.put_resource(Resource(address="job.b", kind="job", spec_hash="h"))
+    with pytest.raises(LockLostError):
+        leader.record_intent("k2", "job.b", "create")
+    assert standby.get_resource("job.b") is None and standby.get_intent("k2") is None
+    assert standby.meta().serial == serial
+    # Unfenced (the CLI's `state unlock` path, say) it writes again.
+    leader.fence(None)
+    leader.put_resource(Resource(address="job.b", kind="job", spec_hash="h"))
+    assert standby.get_resource("job.b") is not None
+
+
+def test_releasing_the_fenced_lease_ends_the_fence(store: Store) -> None:
+    lease = store.acquire_lock("alice", "apply")
+    store.fence(lease.lock_id)
+    assert store.release_lock(lease.lock_id)
+    store.put_resource(Resource(address="job.a", kind="job", spec_hash="h"))
+    assert store.get_resource("job.a") is not None

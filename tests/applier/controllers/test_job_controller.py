@@ -48,6 +48,7 @@ class Harness:
         self.now = 1_000_000.0
         self.sleeps: list[float] = []
         self.statuses: list[str] = []
+        self.messages: list[str] = []
         self.crash_when: Callable[[Mapping[str, Any]], bool] = lambda _: False
         self.runner = self.new_runner()
 
@@ -66,6 +67,7 @@ class Harness:
         self.now += seconds
 
     def sink(self, status: Mapping[str, Any]) -> None:
+        self.messages.append(status["message"])
         if not self.statuses or self.statuses[-1] != status["status"]:
             self.statuses.append(status["status"])
         if self.crash_when(status):
@@ -176,10 +178,28 @@ def test_all_candidates_exhausted_is_failed_no_resource_listing_the_attempts(
     h.fake.fail_capacity(PlaceRule())
     assert h.runner.run() == jr.FAILED_NO_RESOURCE
     status = read_status(h.directory)
-    assert [a["outcome"] for a in status["attempts"]] == ["capacity"] * 3
+    # SkyPilot's three passes over the candidates, 60 s then 96 s apart.
+    assert [a["outcome"] for a in status["attempts"]] == ["capacity"] * 9
+    assert h.sleeps == [60.0, 96.0] and status["launch_passes"] == 3
     for where in ("aws/us-east-1", "aws/us-west-2", "gcp/us-central1"):
         assert where in status["message"]
     assert h.fake.resources() == [] and status["handle"] is None
+
+
+def test_a_first_launch_waits_for_capacity_to_free_up_in_a_later_pass(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "run: echo hi\n")
+    h.fake.fail_capacity(PlaceRule(), times=4)  # full for the first pass and a bit of the next
+    assert h.runner.run() == jr.SUCCEEDED
+    outcomes = [(a["where"], a["outcome"]) for a in h.runner.record.attempts]
+    assert outcomes[3:] == [("aws/us-east-1", "capacity"), ("aws/us-west-2", "launched")]
+    assert h.sleeps[0] == 60.0 and any("pass 2/3 in 60s" in m for m in h.messages)
+
+
+def test_a_first_launch_with_no_provider_for_any_candidate_fails_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, "run: echo hi\n")
+    h.runner.providers = {}
+    assert h.runner.run() == jr.FAILED_NO_RESOURCE
+    assert h.sleeps == [] and h.runner.record.launch_passes == 1
 
 
 def test_transient_launch_errors_retry_the_same_candidate_with_backoff(tmp_path: Path) -> None:

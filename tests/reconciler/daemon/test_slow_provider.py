@@ -14,6 +14,7 @@ import pytest
 from applier.provider import FreeCapacity, ObservedResource, Selector
 from applier.providers.fake import FakeProvider
 from applier.refresh import refresh
+from reconciler.context import live_offerings
 from reconciler.daemon.service import Daemon
 from reconciler.daemon.sync import Settings
 from state import Resource
@@ -29,17 +30,24 @@ GPU = "name: gpu\nresources: {infra: aws/us-east-1, cpus: 2}\nrun: sleep 600\n"
 class Stalling(FakeProvider):
     """A provider whose listing hangs (an API that stopped answering) once `stalled` is set."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, capacity: list[FreeCapacity] | None = None) -> None:
+        super().__init__(name, capacity=capacity)
         self.stalled = threading.Event()
         self.release = threading.Event()
         self.hung = 0  # observe() calls that entered while stalled
 
     def observe(self, selector: Selector | None = None) -> list[ObservedResource]:
+        self._stall()
+        return super().observe(selector)
+
+    def capacity(self) -> list[FreeCapacity]:
+        self._stall()
+        return super().capacity()
+
+    def _stall(self) -> None:
         if self.stalled.is_set():
             self.hung += 1
             self.release.wait(timeout=60)
-        return super().observe(selector)
 
 
 @pytest.fixture
@@ -78,6 +86,24 @@ def test_refresh_keeps_a_slow_providers_resources_and_answers_in_time(aws: Stall
     # A second refresh does not pile another hung call onto the provider still answering.
     again = refresh(records, {"local": local, "aws": aws}, timeout_s=0.3)
     assert again["cluster.gpu"].status == "UP" and aws.hung == 1
+
+
+def test_live_capacity_is_read_concurrently_and_a_hung_provider_offers_nothing() -> None:
+    local = FakeProvider("local", capacity=[FreeCapacity("local", "local", None, 4, 16)])
+    pool = FreeCapacity("kubernetes", "kubernetes", "ctx", 64, 512, "L4", 8)
+    hung = Stalling("kubernetes", capacity=[pool])
+    before = live_offerings({"local": local, "kubernetes": hung}, timeout_s=0.3)
+    assert sorted(o.cloud for o in before) == ["kubernetes", "local"]
+    hung.stalled.set()
+    try:
+        started = time.monotonic()
+        offers = live_offerings({"local": local, "kubernetes": hung}, timeout_s=0.3)
+        assert time.monotonic() - started < 5
+        # What did answer is there; the hung cluster's GPUs are not offered on a guess.
+        assert [(o.cloud, o.cpus) for o in offers] == [("local", 4)]
+        assert hung.hung == 1
+    finally:
+        hung.release.set()
 
 
 def test_drift_is_healed_on_one_provider_while_another_hangs(
