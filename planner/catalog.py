@@ -17,7 +17,11 @@ from itertools import repeat
 from typing import NamedTuple
 
 SHIPPED_CLOUDS = ("aws", "gcp", "azure", "lambda", "runpod")
-_COLUMNS = (
+# The header of every shipped catalog file, written by scripts/build_catalog.py: one
+# normalized column set for every cloud. GCP keeps host rows (instance_type set, no
+# accelerator) and accelerator rows (instance_type empty) apart, because SkyPilot prices a GCP
+# GPU VM as host row + accelerator row.
+COLUMNS = (
     "instance_type",
     "accelerator",
     "acc_count",
@@ -30,8 +34,10 @@ _COLUMNS = (
     "zone",
     "arch",
 )
-_NUMERIC = (2, 3, 4, 5, 6, 7)
-_ACC_COUNT = 2
+_NUMERIC = tuple(
+    map(COLUMNS.index, ("acc_count", "vcpus", "memory_gib", "gpu_mem_gib", "price", "spot_price"))
+)
+_ACC_COUNT = COLUMNS.index("acc_count")
 
 
 class CatalogError(ValueError):
@@ -139,16 +145,16 @@ def parse_cloud_csv(cloud: str, data: bytes) -> CloudCatalog:
         data = gzip.decompress(data)
     records = list(csv.reader(io.StringIO(data.decode("utf-8"))))
     header = tuple(records[0]) if records else ()
-    if header != _COLUMNS:
+    if header != COLUMNS:
         raise CatalogError(f"{cloud}: unexpected catalog header {header!r}")
     # Column-wise conversion: the load is on every CLI start, so it avoids per-field calls.
     try:
         columns: list[Sequence[object]] = [c[1:] for c in zip(*records, strict=True)]
     except ValueError:
-        bad = next(i for i, rec in enumerate(records, start=1) if len(rec) != len(_COLUMNS))
-        raise CatalogError(f"{cloud}:{bad}: expected {len(_COLUMNS)} fields") from None
+        bad = next(i for i, rec in enumerate(records, start=1) if len(rec) != len(COLUMNS))
+        raise CatalogError(f"{cloud}:{bad}: expected {len(COLUMNS)} fields") from None
     for index in _NUMERIC:
-        values = _numbers(cloud, _COLUMNS[index], columns[index])  # type: ignore[arg-type]
+        values = _numbers(cloud, COLUMNS[index], columns[index])  # type: ignore[arg-type]
         if index == _ACC_COUNT:
             values = [v or 0.0 for v in values]
         columns[index] = values

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from planner.catalog import Catalog
@@ -73,38 +74,33 @@ def view(p: Placement) -> PlacementView:
     )
 
 
-_CACHE: dict[int, dict[tuple[str, int, tuple[str, ...]], PlacementResult]] = {}
+# A placement choice and its failover order.
+_Placed = tuple[PlacementView | None, tuple[PlacementView, ...]]
 
 
 def make_plan(inputs: PlanInputs) -> Plan:
-    try:
-        return _make_plan(inputs)
-    finally:
-        _CACHE.pop(id(inputs), None)
-
-
-def _make_plan(inputs: PlanInputs) -> Plan:
     desired = inputs.desired.resources
     observed = inputs.observed
-    findings: list[Finding] = []
+    space = inputs.search_space or tuple(str(e.infra) for e in inputs.desired.config.infra)
+    run = _Run(inputs, space)
     addresses = sorted(set(desired) | set(observed))
     if inputs.targets:
         scope = with_dependencies(inputs.targets, desired, observed)
         unknown = [t for t in inputs.targets if t not in desired and t not in observed]
-        findings.extend(Finding("error", f"--target {t}: no such resource") for t in unknown)
+        run.findings.extend(Finding("error", f"--target {t}: no such resource") for t in unknown)
         addresses = [a for a in addresses if a in scope]
-    space = inputs.search_space or tuple(str(e.infra) for e in inputs.desired.config.infra)
     changes: list[Change] = []
     for address in addresses:
         d, o = desired.get(address), observed.get(address)
         if d is not None and o is None:
-            change = _create(d, inputs, space, findings)
+            change = run.create(d)
         elif d is not None and o is not None:
-            change = _compare(d, o, inputs, space, findings)
+            change = run.compare(d, o)
         else:
             assert o is not None
             change = _orphan(o, inputs.desired.config.policy.prune)
         changes.append(change)
+    findings = run.findings
     required = _required_inputs(desired, addresses, findings)
     findings.extend(check_policies(inputs.desired, changes, observed))
     return Plan(
@@ -130,73 +126,170 @@ def _replicas(d: DesiredResource) -> int:
     return 1 if svc is None else max(svc.policy.min_replicas, 1)
 
 
-def _place(
-    d: DesiredResource, inputs: PlanInputs, space: tuple[str, ...], findings: list[Finding]
-) -> tuple[PlacementView | None, tuple[PlacementView, ...]]:
-    """The choice and the failover order. A pipeline's stages are placed one by one; the plan
-    shows the costliest stage, since a pipeline runs one stage at a time."""
-    best: tuple[PlacementView | None, tuple[PlacementView, ...]] = (None, ())
-    for stage in d.source.tasks:
-        result = _optimize(stage.task, inputs, space)
-        if result.choice is None:
-            label = f" (stage {stage.task.name})" if d.source.is_pipeline else ""
-            findings.append(
-                Finding(
-                    "error",
-                    f"no feasible placement{label}: {result.reason}",
-                    d.address,
+@dataclass
+class _Run:
+    """One make_plan call: its inputs and search space, the findings so far, and the
+    optimizer's answers, which live exactly as long as the call."""
+
+    inputs: PlanInputs
+    space: tuple[str, ...]
+    findings: list[Finding] = field(default_factory=list, init=False)
+    _placements: dict[tuple[str, int], PlacementResult] = field(default_factory=dict, init=False)
+
+    def place(self, d: DesiredResource) -> _Placed:
+        """The choice and the failover order. A pipeline's stages are placed one by one; the
+        plan shows the costliest stage, since a pipeline runs one stage at a time."""
+        best: _Placed = (None, ())
+        for stage in d.source.tasks:
+            result = self.optimize(stage.task)
+            if result.choice is None:
+                label = f" (stage {stage.task.name})" if d.source.is_pipeline else ""
+                self.findings.append(
+                    Finding("error", f"no feasible placement{label}: {result.reason}", d.address)
                 )
+                return None, ()
+            views = tuple(view(p) for p in result.candidates[: 1 + FAILOVER_SHOWN])
+            if best[0] is None or views[0].hourly_cost > best[0].hourly_cost:
+                best = (views[0], views[1 : 1 + FAILOVER_SHOWN])
+        return best
+
+    def optimize(self, task: Task) -> PlacementResult:
+        # Repos repeat the same resource shapes; the optimizer is pure, so one answer per shape.
+        key = (task.resources.model_dump_json(), task.num_nodes)
+        result = self._placements.get(key)
+        if result is None:
+            inputs = self.inputs
+            result = self._placements[key] = optimize_task(
+                task, self.space, inputs.catalog, offerings=inputs.offerings, blocked=inputs.blocked
             )
-            return None, ()
-        views = tuple(view(p) for p in result.candidates[: 1 + FAILOVER_SHOWN])
-        if best[0] is None or views[0].hourly_cost > best[0].hourly_cost:
-            best = (views[0], views[1 : 1 + FAILOVER_SHOWN])
-    return best
+        return result
 
-
-def _optimize(task: Task, inputs: PlanInputs, space: tuple[str, ...]) -> PlacementResult:
-    # Repos repeat the same resource shapes; the optimizer is pure, so one answer per shape.
-    key = (task.resources.model_dump_json(), task.num_nodes, space)
-    cache = _CACHE.setdefault(id(inputs), {})
-    if key not in cache:
-        cache[key] = optimize_task(
-            task, space, inputs.catalog, offerings=inputs.offerings, blocked=inputs.blocked
+    def create(
+        self, d: DesiredResource, *, reasons: tuple[str, ...] = (), drift: str | None = None
+    ) -> Change:
+        placed = self.place(d)
+        after = spec_of(d)
+        return _change(
+            Action.CREATE,
+            d,
+            None,
+            after=after,
+            new_hash=spec_hash(d, after),
+            placed=placed,
+            reasons=reasons,
+            drift=drift,
         )
-    return cache[key]
+
+    def compare(self, d: DesiredResource, o: Observed) -> Change:
+        policy = self.inputs.desired.config.policy
+        after = spec_of(d)
+        new_hash = spec_hash(d, after)
+        change = partial(_change, d=d, o=o, after=after, new_hash=new_hash)
+        if o.status == MISSING:
+            why = o.drift or "deleted outside Skyform"
+            if policy.drift == "correct":
+                return self.create(d, reasons=(f"drift: {why}; recreating",), drift=why)
+            reasons = (f"drift: {why}; policy.drift={policy.drift}",)
+            return change(Action.NOOP, reasons=reasons, drift=why)
+        diffs = _field_diffs(d.kind, o.spec, after, d.skyform.ignore_changes)
+        if not diffs and (o.spec_hash == new_hash or not d.skyform.ignore_changes):
+            if o.spec_hash != new_hash:
+                diffs = (
+                    FieldDiff("secrets", "(sensitive value)", "(sensitive value)", d.kind == "job"),
+                )
+            elif o.drift is None:
+                lifecycle = (f"{o.lifecycle} (lifecycle, not drift)",) if o.lifecycle else ()
+                return change(Action.NOOP, reasons=lifecycle)
+            elif policy.drift != "correct":
+                reasons = (f"drift: {o.drift}; policy.drift={policy.drift}",)
+                return change(Action.NOOP, reasons=reasons, drift=o.drift)
+            else:
+                reasons = (f"drift: {o.drift}; correcting to the declared spec",)
+                return change(Action.UPDATE, reasons=reasons, drift=o.drift)
+        if not diffs:
+            return change(Action.NOOP, reasons=("only ignored fields changed",))
+        if d.kind != "job" and not any(x.forces_replacement for x in diffs):
+            return change(Action.UPDATE, diffs=diffs, interrupts=_scale_down(d, o))
+        placed = self.place(d)
+        forced = [x.path for x in diffs if x.forces_replacement]
+        changed = ", ".join(x.path for x in diffs)
+        reason = (
+            f"a job is immutable: {changed} changed, so it re-runs"
+            if d.kind == "job"
+            else f"{', '.join(forced)} forces replacement"
+        )
+        return change(
+            Action.REPLACE,
+            placed=placed,
+            diffs=diffs,
+            reasons=(reason,),
+            interrupts=_interrupts(o, Action.REPLACE),
+        )
+
+
+def _change(
+    action: Action,
+    d: DesiredResource | None,
+    o: Observed | None,
+    *,
+    after: dict[str, Any] | None = None,
+    new_hash: str | None = None,
+    placed: _Placed | None = None,
+    diffs: tuple[FieldDiff, ...] = (),
+    reasons: tuple[str, ...] = (),
+    depends_on: tuple[str, ...] | None = None,
+    drift: str | None = None,
+    interrupts: str | None = None,
+) -> Change:
+    """One Change; the fields every case fills the same way are filled here.
+
+    Address, kind, dependencies and file come from the declaration `d` (`after` and `new_hash`
+    are its spec and hash), or for an orphan from the live record `o`, which also gives the
+    spec and cost before. The resource runs where `placed` puts it, else where `o` runs now.
+    A no-op keeps the cost it has, a delete costs nothing after, anything else costs what the
+    declaration costs at its placement.
+    """
+    placement, failover = placed if placed is not None else (None if o is None else o.placement, ())
+    cost_before = 0.0 if o is None else _observed_cost(o)
+    if action == Action.NOOP:
+        cost_after = cost_before
+    elif action == Action.DELETE:
+        cost_after = 0.0
+    else:
+        assert d is not None
+        cost_after = _running_cost(d, placement)
+    kind: str
+    if d is not None:
+        address, kind, file = d.address, d.kind, d.file
+        deps = d.skyform.depends_on if depends_on is None else depends_on
+    else:
+        assert o is not None
+        address, kind, file, new_hash = o.address, o.kind, None, o.spec_hash
+        deps = depends_on or ()
+    return Change(
+        address=address,
+        kind=kind,
+        action=action,
+        before=None if o is None else o.spec,
+        after=after,
+        diffs=diffs,
+        reasons=reasons,
+        placement=placement,
+        failover=failover,
+        cost_before=cost_before,
+        cost_after=cost_after,
+        spec_hash=new_hash,
+        depends_on=deps,
+        file=file,
+        drift=drift,
+        interrupts=interrupts,
+    )
 
 
 def _running_cost(d: DesiredResource, placement: PlacementView | None) -> float:
     if placement is None:
         return 0.0
     return round(placement.hourly_cost * (_replicas(d) if d.kind == "service" else 1), 6)
-
-
-def _create(
-    d: DesiredResource,
-    inputs: PlanInputs,
-    space: tuple[str, ...],
-    findings: list[Finding],
-    *,
-    reasons: tuple[str, ...] = (),
-    drift: str | None = None,
-) -> Change:
-    placement, failover = _place(d, inputs, space, findings)
-    after = spec_of(d)
-    return Change(
-        address=d.address,
-        kind=d.kind,
-        action=Action.CREATE,
-        before=None,
-        after=after,
-        reasons=reasons,
-        placement=placement,
-        failover=failover,
-        cost_after=_running_cost(d, placement),
-        spec_hash=spec_hash(d, after),
-        depends_on=d.skyform.depends_on,
-        file=d.file,
-        drift=drift,
-    )
 
 
 def _field_diffs(
@@ -211,137 +304,6 @@ def _field_diffs(
     return tuple(out)
 
 
-def _compare(
-    d: DesiredResource,
-    o: Observed,
-    inputs: PlanInputs,
-    space: tuple[str, ...],
-    findings: list[Finding],
-) -> Change:
-    policy = inputs.desired.config.policy
-    after = spec_of(d)
-    new_hash = spec_hash(d, after)
-    if o.status == MISSING:
-        why = o.drift or "deleted outside Skyform"
-        if policy.drift == "correct":
-            return _create(
-                d, inputs, space, findings, reasons=(f"drift: {why}; recreating",), drift=why
-            )
-        return _kept(d, o, after, new_hash, (f"drift: {why}; policy.drift={policy.drift}",), why)
-    diffs = _field_diffs(d.kind, o.spec, after, d.skyform.ignore_changes)
-    if not diffs and (o.spec_hash == new_hash or not d.skyform.ignore_changes):
-        if o.spec_hash != new_hash and not diffs:
-            diffs = (
-                FieldDiff("secrets", "(sensitive value)", "(sensitive value)", d.kind == "job"),
-            )
-        else:
-            return _drift_or_noop(d, o, after, new_hash, inputs, space, findings)
-    if not diffs:
-        return _kept(d, o, after, new_hash, ("only ignored fields changed",), None)
-    replace_needed = d.kind == "job" or any(x.forces_replacement for x in diffs)
-    if not replace_needed:
-        return Change(
-            address=d.address,
-            kind=d.kind,
-            action=Action.UPDATE,
-            before=o.spec,
-            after=after,
-            diffs=diffs,
-            placement=o.placement,
-            cost_before=_observed_cost(o),
-            cost_after=_running_cost(d, o.placement),
-            spec_hash=new_hash,
-            depends_on=d.skyform.depends_on,
-            file=d.file,
-            interrupts=_scale_down(d, o),
-        )
-    placement, failover = _place(d, inputs, space, findings)
-    forced = [x.path for x in diffs if x.forces_replacement]
-    changed = ", ".join(x.path for x in diffs)
-    reason = (
-        f"a job is immutable: {changed} changed, so it re-runs"
-        if d.kind == "job"
-        else f"{', '.join(forced)} forces replacement"
-    )
-    return Change(
-        address=d.address,
-        kind=d.kind,
-        action=Action.REPLACE,
-        before=o.spec,
-        after=after,
-        diffs=diffs,
-        reasons=(reason,),
-        placement=placement,
-        failover=failover,
-        cost_before=_observed_cost(o),
-        cost_after=_running_cost(d, placement),
-        spec_hash=new_hash,
-        depends_on=d.skyform.depends_on,
-        file=d.file,
-        interrupts=_interrupts(o, Action.REPLACE),
-    )
-
-
-def _drift_or_noop(
-    d: DesiredResource,
-    o: Observed,
-    after: dict[str, Any],
-    new_hash: str,
-    inputs: PlanInputs,
-    space: tuple[str, ...],
-    findings: list[Finding],
-) -> Change:
-    if o.drift is None:
-        reasons = (f"{o.lifecycle} (lifecycle, not drift)",) if o.lifecycle else ()
-        return _kept(d, o, after, new_hash, reasons, None)
-    policy = inputs.desired.config.policy
-    if policy.drift != "correct":
-        return _kept(
-            d, o, after, new_hash, (f"drift: {o.drift}; policy.drift={policy.drift}",), o.drift
-        )
-    return Change(
-        address=d.address,
-        kind=d.kind,
-        action=Action.UPDATE,
-        before=o.spec,
-        after=after,
-        reasons=(f"drift: {o.drift}; correcting to the declared spec",),
-        placement=o.placement,
-        cost_before=_observed_cost(o),
-        cost_after=_running_cost(d, o.placement),
-        spec_hash=new_hash,
-        depends_on=d.skyform.depends_on,
-        file=d.file,
-        drift=o.drift,
-    )
-
-
-def _kept(
-    d: DesiredResource,
-    o: Observed,
-    after: dict[str, Any],
-    new_hash: str,
-    reasons: tuple[str, ...],
-    drift: str | None,
-) -> Change:
-    cost = _observed_cost(o)
-    return Change(
-        address=d.address,
-        kind=d.kind,
-        action=Action.NOOP,
-        before=o.spec,
-        after=after,
-        reasons=reasons,
-        placement=o.placement,
-        cost_before=cost,
-        cost_after=cost,
-        spec_hash=o.spec_hash if new_hash == o.spec_hash else new_hash,
-        depends_on=d.skyform.depends_on,
-        file=d.file,
-        drift=drift,
-    )
-
-
 def _observed_cost(o: Observed) -> float:
     if o.status in FINISHED or o.status == MISSING or o.status == "STOPPED":
         return 0.0
@@ -350,28 +312,13 @@ def _observed_cost(o: Observed) -> float:
 
 def _orphan(o: Observed, prune: bool) -> Change:
     if not prune:
-        return Change(
-            address=o.address,
-            kind=o.kind,
-            action=Action.NOOP,
-            before=o.spec,
-            after=None,
-            reasons=("no longer declared; kept because policy.prune is off",),
-            placement=o.placement,
-            cost_before=_observed_cost(o),
-            cost_after=_observed_cost(o),
-            spec_hash=o.spec_hash,
-        )
-    return Change(
-        address=o.address,
-        kind=o.kind,
-        action=Action.DELETE,
-        before=o.spec,
-        after=None,
+        reasons = ("no longer declared; kept because policy.prune is off",)
+        return _change(Action.NOOP, None, o, reasons=reasons)
+    return _change(
+        Action.DELETE,
+        None,
+        o,
         reasons=("no longer declared in the repo",),
-        placement=o.placement,
-        cost_before=_observed_cost(o),
-        spec_hash=o.spec_hash,
         depends_on=o.depends_on,
         interrupts=_interrupts(o, Action.DELETE),
     )

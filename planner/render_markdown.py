@@ -6,7 +6,15 @@ GitHub refuses comments over 65,536 characters; details are cut to fit, never th
 from __future__ import annotations
 
 from planner.plan import Action, Change, Plan
-from planner.render_text import SYMBOL, VERB, money, placement_text, summary_line, value_text
+from planner.render_text import (
+    SYMBOL,
+    VERB,
+    diff_entries,
+    money,
+    placement_text,
+    summary_line,
+    value_text,
+)
 from planner.spec import flatten
 
 LIMIT = 65_536
@@ -17,6 +25,8 @@ _ICON = {
     Action.DELETE: "🔴",
     Action.NOOP: "⚪",
 }
+# A ```diff block colours "!" lines as changed; "~" has no colour there.
+_DIFF_SIGN = {"~": "!"}
 
 
 def _head(plan: Plan) -> list[str]:
@@ -56,18 +66,8 @@ def _details(c: Change) -> str:
         for path, value in sorted(flatten((c.after if sign == "+" else c.before) or {}).items()):
             body.append(f"{sign} {path} = {_one_line(value)}")
     else:
-        for d in c.diffs:
-            note = (
-                "  # forces replacement"
-                if d.forces_replacement and c.action == Action.REPLACE
-                else ""
-            )
-            if d.before is None:
-                body.append(f"+ {d.path} = {_one_line(d.after)}{note}")
-            elif d.after is None:
-                body.append(f"- {d.path} = {_one_line(d.before)}{note}")
-            else:
-                body.append(f"! {d.path} = {_one_line(d.before)} -> {_one_line(d.after)}{note}")
+        for sign, path, value in diff_entries(c, _one_line):
+            body.append(f"{_DIFF_SIGN.get(sign, sign)} {path} = {value}")
     if c.failover:
         body.append("# failover order:")
         body.extend(f"#   {i}. {placement_text(p)}" for i, p in enumerate(c.failover, 2))

@@ -6,6 +6,7 @@ A function of the Plan alone; colour (ANSI) only when the caller says the output
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from planner.plan import KNOWN_AFTER_APPLY, SENSITIVE, Action, Change, PlacementView, Plan
@@ -56,6 +57,23 @@ def value_text(value: Any) -> str:
     if value in (SENSITIVE, KNOWN_AFTER_APPLY):
         return str(value)
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def diff_entries(c: Change, text: Callable[[Any], str] = value_text) -> list[tuple[str, str, str]]:
+    """The field diffs of an update or replace as (sign, path, value): "+" added, "-" removed,
+    "~" changed with value "before -> after"; a field that forces the replacement says so."""
+    entries = []
+    for d in c.diffs:
+        if d.before is None:
+            sign, value = "+", text(d.after)
+        elif d.after is None:
+            sign, value = "-", text(d.before)
+        else:
+            sign, value = "~", f"{text(d.before)} -> {text(d.after)}"
+        if d.forces_replacement and c.action == Action.REPLACE:
+            value += "  # forces replacement"
+        entries.append((sign, d.path, value))
+    return entries
 
 
 def placement_text(p: PlacementView) -> str:
@@ -110,19 +128,8 @@ def _change_block(out: _Out, c: Change) -> None:
         _attr_lines(out, "-", attrs, max((len(k) for k in attrs), default=0))
     else:
         width = max((len(d.path) for d in c.diffs), default=0)
-        for d in c.diffs:
-            note = (
-                "  # forces replacement"
-                if d.forces_replacement and c.action == Action.REPLACE
-                else ""
-            )
-            if d.before is None:
-                out.add(f"      + {d.path:<{width}} = {value_text(d.after)}{note}", "+")
-            elif d.after is None:
-                out.add(f"      - {d.path:<{width}} = {value_text(d.before)}{note}", "-")
-            else:
-                arrow = f"{value_text(d.before)} -> {value_text(d.after)}"
-                out.add(f"      ~ {d.path:<{width}} = {arrow}{note}", "~")
+        for sign, path, value in diff_entries(c):
+            out.add(f"      {sign} {path:<{width}} = {value}", sign)
         hidden = len(flatten(c.after or {})) - len(c.diffs)
         if hidden > 0:
             out.add(f"        # ({hidden} unchanged attributes hidden)")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Build the shipped price catalog (planner/data/) from SkyPilot-format catalog CSVs.
 
-Usage: python scripts/build_catalog.py [INPUT_DIR] [--out DIR]
-INPUT_DIR defaults to ../shared/catalog relative to the repository root. The output is
-deterministic (same input bytes give the same output bytes), so a test can rebuild and compare.
+Usage: python scripts/build_catalog.py [INPUT_DIR] [--out DIR]   (with the venv active)
+INPUT_DIR defaults to ../shared/catalog relative to the repository root. The column set is
+planner.catalog.COLUMNS, which the loader checks. The output is deterministic (same input bytes
+give the same output bytes), so a test can rebuild and compare.
 """
 
 from __future__ import annotations
@@ -16,29 +17,14 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+
+from planner.catalog import COLUMNS, SHIPPED_CLOUDS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_INPUT = REPO_ROOT.parent / "shared" / "catalog"
 DEFAULT_OUTPUT = REPO_ROOT / "planner" / "data"
-
-# One normalized column set for every cloud. GCP keeps host rows (instance_type set, no
-# accelerator) and accelerator rows (instance_type empty) apart, because SkyPilot prices a GCP
-# GPU VM as host row + accelerator row.
-COLUMNS = (
-    "instance_type",
-    "accelerator",
-    "acc_count",
-    "vcpus",
-    "memory_gib",
-    "gpu_mem_gib",
-    "price",
-    "spot_price",
-    "region",
-    "zone",
-    "arch",
-)
 
 # Where each input comes from (facts copied from shared/catalog/README.md); the project README
 # cites these through planner/data/catalog-meta.json.
@@ -74,7 +60,7 @@ SOURCES = {
         "stored version d4d53f0e",
     ),
 }
-CLOUDS = ("aws", "gcp", "azure", "lambda", "runpod")
+CLOUDS = SHIPPED_CLOUDS
 LICENSE = "Prices are facts published by the clouds; SkyPilot's catalog repository is Apache-2.0."
 
 
@@ -93,6 +79,7 @@ def _num(text: str) -> str:
 
 def _gpu_mem_gib(gpu_info: str) -> str:
     """Device memory of one accelerator in GiB, from SkyPilot's Python-literal GpuInfo column."""
+    gpu_info = gpu_info.strip()
     if not gpu_info.startswith("{"):
         return ""  # TPU rows carry the TPU name here, not a dict
     try:
@@ -105,21 +92,30 @@ def _gpu_mem_gib(gpu_info: str) -> str:
     return _num(str(round(gib, 2)))
 
 
+def _text(value: str) -> str:
+    return value.strip()
+
+
+# Where each column of planner.catalog.COLUMNS comes from in a SkyPilot catalog row.
+_FROM_SKYPILOT: dict[str, tuple[str, Callable[[str], str]]] = {
+    "instance_type": ("InstanceType", _text),
+    "accelerator": ("AcceleratorName", _text),
+    "acc_count": ("AcceleratorCount", _num),
+    "vcpus": ("vCPUs", _num),
+    "memory_gib": ("MemoryGiB", _num),
+    "gpu_mem_gib": ("GpuInfo", _gpu_mem_gib),
+    "price": ("Price", _num),
+    "spot_price": ("SpotPrice", _num),
+    "region": ("Region", _text),
+    "zone": ("AvailabilityZone", _text),
+    "arch": ("Arch", _text),
+}
+_CONVERTERS = tuple(_FROM_SKYPILOT[column] for column in COLUMNS)
+
+
 def _normalize(cloud: str, row: dict[str, str]) -> tuple[str, ...]:
     get = row.get
-    return (
-        (get("InstanceType") or "").strip(),
-        (get("AcceleratorName") or "").strip(),
-        _num(get("AcceleratorCount") or ""),
-        _num(get("vCPUs") or ""),
-        _num(get("MemoryGiB") or ""),
-        _gpu_mem_gib((get("GpuInfo") or "").strip()),
-        _num(get("Price") or ""),
-        _num(get("SpotPrice") or ""),
-        (get("Region") or "").strip(),
-        (get("AvailabilityZone") or "").strip(),
-        (get("Arch") or "").strip(),
-    )
+    return tuple(convert(get(name) or "") for name, convert in _CONVERTERS)
 
 
 def _read_rows(path: Path) -> Iterator[dict[str, str]]:

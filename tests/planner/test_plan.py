@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import planner.diff
+from planner.placement_schema import optimize_task
 from planner.plan import Action, Plan, from_json, to_json
 from tests.planner.plan_helpers import applied, plan_repo, write_repo
 
@@ -228,3 +231,21 @@ def test_json_is_deterministic_and_round_trips(tmp_path: Path) -> None:
     first, second = to_json(plan_repo(root)), to_json(plan_repo(root))
     assert first == second
     assert to_json(from_json(first)) == first
+
+
+def test_each_plan_optimizes_each_resource_shape_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str | None] = []
+
+    def counting(task: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(task.name)
+        return optimize_task(task, *args, **kwargs)
+
+    monkeypatch.setattr(planner.diff, "optimize_task", counting)
+    root = _repo(tmp_path, clusters__dev2_yaml=BASE["clusters/dev.yaml"])
+    for _ in range(2):  # nothing carries over from one plan to the next
+        calls.clear()
+        plan = plan_repo(root)
+        assert len(plan.changes) == 4 and plan.change("cluster.dev2").placement is not None
+        assert len(calls) == 3, calls  # cluster.dev and cluster.dev2 share one shape
