@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from applier.provider import Handle
-from schema.errors import ProviderError
+from schema.errors import ProviderError, SkyformError
 
 # Providers with a way in; each module offers `make(home, settings) -> Interactive`.
 MODULES = {
@@ -181,6 +181,40 @@ class LinePrefixer:
 
 def first_failure(codes: Sequence[int]) -> int:
     return next((c for c in codes if c != 0), 0)
+
+
+def on_each_node(
+    address: str,
+    nodes: Sequence[int],
+    one: Callable[[int], int],
+    cleanup: Callable[[], None],
+    what: str = "exec",
+) -> list[int]:
+    """`one(rank)` for every node at once, each in a thread of its own; their exit codes in
+    `nodes` order. `cleanup` runs however this ends (Ctrl-C included), to stop what is left
+    running; then a node's error is raised (a SkyformError as it is)."""
+    codes: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def run(rank: int) -> None:
+        try:
+            codes[rank] = one(rank)
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(rank,), daemon=True) for rank in nodes]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        cleanup()
+    for exc in errors:
+        if isinstance(exc, SkyformError):
+            raise exc
+        raise ProviderError(f"{address}: {what} failed: {exc}") from exc
+    return [codes[rank] for rank in nodes]
 
 
 def relay(a: Duplex, b: Duplex, on_data: Callable[[], None]) -> None:

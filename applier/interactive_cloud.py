@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 import paramiko
 
-from applier.interactive import Duplex, Sink, SshTarget, check_node, relay
+from applier.interactive import Duplex, Sink, SshTarget, check_node, on_each_node, relay
 from applier.provider import Handle
 from applier.providers import local_files as files
 from applier.providers import ssh, ssh_node
@@ -138,52 +138,39 @@ class CloudInteractive:
         sink: Sink,
         stdin: bool,
     ) -> list[int]:
-        targets = [(rank, self._target(handle, rank)) for rank in nodes]
-        codes: dict[int, int] = {}
-        errors: list[BaseException] = []
+        targets = {rank: self._target(handle, rank) for rank in nodes}
         clients: list[paramiko.SSHClient] = []
         lock = threading.Lock()
 
-        def one(rank: int, t: ssh.Target) -> None:
-            try:
-                client = self._connect(t)
-                with lock:
-                    clients.append(client)
-                then = f"bash -c {shlex.quote(command)}"
-                if not stdin:
-                    then = _stopped_with_the_session(then)
-                script = self._script(handle, rank, t, env, then)
-                chan = client.get_transport().open_session()
-                chan.exec_command(f"sh -c {shlex.quote(script)}")
-                if stdin:
-                    _feed_stdin(chan)
-                readers = [
-                    threading.Thread(target=_drain, args=(recv, rank, fd, sink), daemon=True)
-                    for fd, recv in ((1, chan.recv), (2, chan.recv_stderr))
-                ]
-                for reader in readers:
-                    reader.start()
-                for reader in readers:
-                    reader.join()
-                codes[rank] = _status(chan.recv_exit_status())
-            except BaseException as exc:  # reported by the caller's thread
-                errors.append(exc)
+        def one(rank: int) -> int:
+            t = targets[rank]
+            client = self._connect(t)
+            with lock:
+                clients.append(client)
+            then = f"bash -c {shlex.quote(command)}"
+            if not stdin:
+                then = _stopped_with_the_session(then)
+            script = self._script(handle, rank, t, env, then)
+            chan = client.get_transport().open_session()
+            chan.exec_command(f"sh -c {shlex.quote(script)}")
+            if stdin:
+                _feed_stdin(chan)
+            readers = [
+                threading.Thread(target=_drain, args=(recv, rank, fd, sink), daemon=True)
+                for fd, recv in ((1, chan.recv), (2, chan.recv_stderr))
+            ]
+            for reader in readers:
+                reader.start()
+            for reader in readers:
+                reader.join()
+            return _status(chan.recv_exit_status())
 
-        threads = [threading.Thread(target=one, args=rt, daemon=True) for rt in targets]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
+        def cleanup() -> None:
             with lock:
                 for client in clients:  # the remote commands see their session end
                     client.close()
-        for exc in errors:
-            if isinstance(exc, ProviderError):
-                raise exc
-            raise ProviderError(f"{handle.address}: SSH exec failed: {exc}") from exc
-        return [codes[rank] for rank in nodes]
+
+        return on_each_node(handle.address, nodes, one, cleanup, "SSH exec")
 
     def connect(self, handle: Handle, node: int, port: int) -> Duplex:
         t = self._target(handle, node)

@@ -4,9 +4,11 @@ portforward subresource, and OpenSSH clients through `skyform ssh-proxy`, which 
 inside the pod on the exec stream's stdin/stdout (the pod's image must have OpenSSH's server).
 
 The pods carry the SkyPilot variables in their container environment, so an exec sees them;
-commands start in `$HOME/sky_workdir` when it exists, as runs do. Activity: the provider's
-`last_active` is the pods' start, so `touch` checks that the pod runs and writes the pods'
-`skyform.dev/last-active` annotation (epoch seconds) for the provider to read.
+commands (and SSH sessions) start in `$HOME/sky_workdir` when it exists, as runs do. The end of
+this process's stdin is passed on where the API server speaks `v5.channel.k8s.io` (Kubernetes
+1.30 and later); over v4 a command reading to the end of stdin waits until the stream closes.
+Activity: `touch` checks that the pods run and writes their `skyform.dev/last-active`
+annotation (epoch seconds), which the provider reports as `last_active` for autostop.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import socket
 import sys
 import termios
 import threading
-import time
 import tty
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
@@ -27,20 +28,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from kubernetes.stream import portforward, stream
+from kubernetes.stream import portforward
 
-from applier.interactive import Duplex, Sink, SshTarget, check_node
-from applier.interactive_ssh import LOCAL_HOST_KEY_ALIAS, ensure_keys
+from applier.interactive import Duplex, Sink, SshTarget, check_node, on_each_node
+from applier.interactive_ssh import LOCAL_HOST_KEY_ALIAS, SFTP_SERVERS, SshKeys, ensure_keys
 from applier.provider import Handle
+from applier.providers import kubernetes_exec as kexec
 from applier.providers import kubernetes_pods as pods
 from applier.providers.kubernetes import KubernetesProvider
 from applier.providers.kubernetes_api import Api, ContextSettings
-from schema.errors import ProviderError, SkyformError
+from schema.errors import ProviderError
 
-ACTIVITY_ANNOTATION = "skyform.dev/last-active"
-STDOUT, STDERR, ERROR, RESIZE = 1, 2, 3, 4
+ACTIVITY_ANNOTATION = pods.ACTIVITY
+STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
 POLL_S = 0.2  # how often a stream is read; also how soon an ended command is noticed
-SSH_DIR = "/tmp/.skyform-ssh"  # inside the pod
+SSH_DIR = '"${TMPDIR:-/tmp}/.skyform-ssh"'  # inside the pod (a shell word)
+SHELL = "exec bash -l 2>/dev/null || exec sh"  # an interactive login shell
 
 
 class KubernetesInteractive:
@@ -82,36 +85,20 @@ class KubernetesInteractive:
     def _open(
         self, api: Api, namespace: str, pod: str, script: str, stdin: bool, tty_: bool
     ) -> Any:
-        return api.call(
-            f"exec in pod {pod}",
-            stream,
-            api.core.connect_get_namespaced_pod_exec,
-            pod,
-            namespace,
-            container=pods.CONTAINER,
-            command=["/bin/sh", "-c", script],
-            stdout=True,
-            stderr=True,
-            stdin=stdin,
-            tty=tty_,
-            binary=True,
-            _preload_content=False,
-        )
+        return kexec.open_exec(api, namespace, pod, script, stdin=stdin, tty=tty_, binary=True)
 
     # ---- the Interactive protocol ---------------------------------------------------------
 
     def touch(self, handle: Handle) -> None:
-        stamp = str(int(time.time()))
-        for node in range(handle.num_nodes):
-            api, namespace, name = self._pod(handle, node)
-            body = {"metadata": {"annotations": {ACTIVITY_ANNOTATION: stamp}}}
-            api.call(f"annotate pod {name}", api.core.patch_namespaced_pod, name, namespace, body)
+        running = [self._pod(handle, node) for node in range(handle.num_nodes)]
+        api, namespace, _ = running[0]
+        kexec.mark_active(api, namespace, [name for _, _, name in running])
 
     def shell(self, handle: Handle, node: int, command: str | None, env: Mapping[str, str]) -> int:
         api, namespace, name = self._pod(handle, node)
         terminal = os.isatty(sys.stdin.fileno())
-        then = "exec bash -l 2>/dev/null || exec sh" if command is None else _run(command)
-        ws = self._open(api, namespace, name, script(env, then), True, terminal)
+        then = SHELL if command is None else kexec.run_command(command)
+        ws = self._open(api, namespace, name, kexec.script(env, then), True, terminal)
         try:
             return _attach(ws, terminal)
         finally:
@@ -126,40 +113,28 @@ class KubernetesInteractive:
         sink: Sink,
         stdin: bool,
     ) -> list[int]:
-        where = [(rank, *self._pod(handle, rank)) for rank in nodes]
-        codes: dict[int, int] = {}
-        errors: list[BaseException] = []
+        where = {rank: self._pod(handle, rank) for rank in nodes}
         streams: list[Any] = []
 
-        def one(rank: int, api: Api, namespace: str, name: str) -> None:
-            try:
-                ws = self._open(api, namespace, name, script(env, _run(command)), stdin, False)
-                streams.append(ws)
-                if stdin:
-                    _feed(ws)
-                while ws.is_open():
-                    ws.update(timeout=POLL_S)
-                    _pass(ws, rank, sink)
+        def one(rank: int) -> int:
+            api, namespace, name = where[rank]
+            script = kexec.script(env, kexec.run_command(command))
+            ws = self._open(api, namespace, name, script, stdin, False)
+            streams.append(ws)
+            if stdin:
+                _feed(ws)
+            while ws.is_open():
+                ws.update(timeout=POLL_S)
                 _pass(ws, rank, sink)
-                codes[rank] = _code(ws)
-            except BaseException as exc:  # reported by the caller's thread
-                errors.append(exc)
+            _pass(ws, rank, sink)
+            return _code(ws)
 
-        threads = [threading.Thread(target=one, args=w, daemon=True) for w in where]
-        try:
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
+        def cleanup() -> None:
             for ws in streams:  # a stream left open (Ctrl-C) is closed
                 with suppress(Exception):
                     ws.close()
-        for exc in errors:
-            if isinstance(exc, SkyformError):
-                raise exc
-            raise ProviderError(f"{handle.address}: exec failed: {exc}") from exc
-        return [codes[rank] for rank in nodes]
+
+        return on_each_node(handle.address, nodes, one, cleanup)
 
     def connect(self, handle: Handle, node: int, port: int) -> Duplex:
         api, namespace, name = self._pod(handle, node)
@@ -187,21 +162,7 @@ class KubernetesInteractive:
         """`sshd -i` in the pod with Skyform's host key and authorized client key, on the exec
         stream; this process's stdin/stdout carry the SSH protocol."""
         api, namespace, name = self._pod(handle, node)
-        keys = ensure_keys(self._home)
-        setup = (
-            "command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || "
-            "{ echo 'skyform: this pod image has no OpenSSH server (sshd); install "
-            "openssh-server in the image to use ssh, VS Code or rsync' >&2; exit 127; }\n"
-            f"umask 077; mkdir -p {SSH_DIR} /run/sshd\n"
-            f"printf '%s\\n' {shlex.quote(keys.host_key.read_text())} > {SSH_DIR}/host_key\n"
-            f"printf '%s\\n' {shlex.quote(keys.authorized_keys.read_text())} "
-            f"> {SSH_DIR}/authorized_keys\n"
-            f"exec $(command -v sshd || echo /usr/sbin/sshd) -i -e -o HostKey={SSH_DIR}/host_key "
-            f"-o AuthorizedKeysFile={SSH_DIR}/authorized_keys -o StrictModes=no -o UsePAM=no "
-            "-o PasswordAuthentication=no -o PermitRootLogin=prohibit-password "
-            "-o AllowTcpForwarding=yes -o LogLevel=ERROR"
-        )
-        ws = self._open(api, namespace, name, setup, True, False)
+        ws = self._open(api, namespace, name, sshd_script(ensure_keys(self._home)), True, False)
         try:
             _feed(ws)
             out = sys.stdout.fileno()
@@ -217,6 +178,47 @@ class KubernetesInteractive:
             return code
         finally:
             ws.close()
+
+
+def sshd_script(keys: SshKeys) -> str:
+    """What runs in the pod for one SSH connection: Skyform's host key and authorized client
+    key into a private directory, and an `sshd -i` whose every session (shell, command, sftp)
+    starts as `skyform ssh` does: the container's environment (this exec's, so the SkyPilot
+    variables; sshd would give sessions a clean one) and the work directory. The image's own
+    sshd_config (its Subsystem line, say) applies otherwise."""
+    session = (
+        '. "${0%/*}/env"\n'  # sshd runs it as `/bin/sh <dir>/session`
+        '[ -d "$HOME/sky_workdir" ] && cd "$HOME/sky_workdir"\n'
+        'if [ -n "${SSH_ORIGINAL_COMMAND:-}" ]; then\n'
+        # sftp (scp) where the image's sshd_config names sshd's own: the program instead
+        '  case "$SSH_ORIGINAL_COMMAND" in internal-sftp*)\n'
+        f"    for s in {' '.join(SFTP_SERVERS)}; do [ -x $s ] && exec $s; done ;;\n"
+        "  esac\n"
+        '  command -v bash >/dev/null 2>&1 && exec bash -c "$SSH_ORIGINAL_COMMAND"\n'
+        '  exec sh -c "$SSH_ORIGINAL_COMMAND"\n'
+        "fi\n"
+        f"{SHELL}\n"
+    )
+    files = {
+        "host_key": keys.host_key.read_text(),
+        "authorized_keys": keys.authorized_keys.read_text(),
+        "session": session,
+    }
+    puts = "".join(f"put {name} {shlex.quote(text)}\n" for name, text in files.items())
+    return (
+        "command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || "
+        "{ echo 'skyform: this pod image has no OpenSSH server (sshd); install "
+        "openssh-server in the image to use ssh, VS Code or rsync' >&2; exit 127; }\n"
+        f'umask 077; D={SSH_DIR}; mkdir -p "$D" /run/sshd\n'
+        # Whole files only: another connection's sshd may be reading them.
+        'put() { printf \'%s\\n\' "$2" > "$D/$1.$$" && mv -f "$D/$1.$$" "$D/$1"; }\n'
+        'export -p > "$D/env.$$" && mv -f "$D/env.$$" "$D/env"\n'
+        f"{puts}"
+        'exec $(command -v sshd || echo /usr/sbin/sshd) -i -e -o "HostKey=$D/host_key" '
+        '-o "AuthorizedKeysFile=$D/authorized_keys" -o "ForceCommand=/bin/sh $D/session" '
+        "-o StrictModes=no -o UsePAM=no -o PasswordAuthentication=no "
+        "-o PermitRootLogin=prohibit-password -o AllowTcpForwarding=yes -o LogLevel=ERROR"
+    )
 
 
 class _PodPort:
@@ -241,19 +243,6 @@ class _PodPort:
         self._sock.close()
 
 
-def _run(command: str) -> str:
-    return (
-        "if command -v bash >/dev/null 2>&1; then exec bash -c "
-        f"{shlex.quote(command)}; else exec sh -c {shlex.quote(command)}; fi"
-    )
-
-
-def script(env: Mapping[str, str], then: str) -> str:
-    """The caller's variables, the work directory (as runs get it), then `then`."""
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
-    return f'{exports}[ -d "$HOME/sky_workdir" ] && cd "$HOME/sky_workdir"\n{then}\n'
-
-
 def _pass(ws: Any, rank: int, sink: Sink) -> None:
     for channel in (STDOUT, STDERR):
         if data := ws.read_channel(channel):
@@ -268,13 +257,14 @@ def _code(ws: Any) -> int:
 
 
 def _feed(ws: Any) -> None:
-    """This process's stdin to the stream, in the background (the v4 exec protocol has no
-    end-of-stdin: a command reading to the end waits until the stream closes)."""
+    """This process's stdin to the stream, in the background; its end closes the stream's
+    stdin (v5; the v4 protocol has no end-of-stdin: see the module docstring)."""
 
     def feed() -> None:
         with suppress(Exception):
             while data := os.read(sys.stdin.fileno(), 65536):
-                ws.write_channel(0, data)
+                ws.write_channel(STDIN, data)
+            ws.close_channel(STDIN)
 
     threading.Thread(target=feed, name="skyform-stdin", daemon=True).start()
 

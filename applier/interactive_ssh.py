@@ -5,7 +5,6 @@ cluster node), the `Include` line for `~/.ssh/config`, and the config of a per-c
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import json
 import os
@@ -17,11 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from applier.interactive import SshTarget, for_provider
 from applier.provider import Handle
+from applier.providers import ssh
 from schema.errors import ProviderError
 from state import Resource
 
@@ -43,7 +40,7 @@ class SshKeys:
 
     @property
     def client_key(self) -> Path:
-        return self.directory / "id_ed25519"
+        return self.directory / ssh.KEY_NAME
 
     @property
     def host_key(self) -> Path:
@@ -72,41 +69,6 @@ def ssh_dir(home: Path) -> Path:
     return home / "ssh"
 
 
-def _new_key(path: Path) -> None:
-    """A new private key at `path`, unless another process (a cloud provider's launch shares
-    this key) made one first: theirs is kept, since instances may already trust it."""
-    private = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(private)
-    try:
-        os.link(tmp, path)  # never replaces an existing key, unlike a rename
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-
-
-def _public(path: Path) -> str:
-    """The public line of the key at `path` (made when missing), derived from the private key
-    itself, so a missing or stale `.pub` never leads to trusting the wrong key."""
-    if not path.exists():
-        _new_key(path)
-    key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
-    line = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    pub = path.with_name(path.name + ".pub")
-    if not pub.exists():
-        _write(pub, line.decode() + " skyform\n", mode=0o644)
-    return line.decode()
-
-
 def _write(path: Path, text: str, mode: int = 0o600) -> None:
     """Atomic, and private from the first byte."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -117,13 +79,12 @@ def _write(path: Path, text: str, mode: int = 0o600) -> None:
 
 
 def ensure_keys(home: Path) -> SshKeys:
-    """Create the keys once (under a lock: apply and an editor's ssh may race here)."""
+    """Create the keys once (under the keys' lock: apply and an editor's ssh may race here);
+    the client key is the one the cloud providers launch instances with (`ssh.ensure_key`)."""
     keys = SshKeys(ssh_dir(home))
-    keys.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with (keys.directory / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        client = _public(keys.client_key)
-        host = _public(keys.host_key)
+    with ssh.key_lock(keys.directory):
+        client = ssh.key_line(keys.client_key)
+        host = ssh.key_line(keys.host_key)
         _write(keys.authorized_keys, client + "\n")
         _write(keys.known_hosts, f"{LOCAL_HOST_KEY_ALIAS} {host}\n")
     return keys

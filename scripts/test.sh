@@ -8,7 +8,13 @@ bash scripts/bootstrap.sh dev
 bash scripts/ensure-postgres.sh
 bash scripts/ensure-chromium.sh
 bash scripts/ensure-sshd.sh
-echo "== ruff" && ruff check . && ruff format --check .
-echo "== mypy --strict" && mypy
-echo "== import-linter" && lint-imports --no-cache
-echo "== pytest" && pytest "$@"
+# One command a line: `set -e` ignores a failure anywhere in an && list but its end.
+echo "== ruff"
+ruff check .
+ruff format --check .
+echo "== mypy --strict"
+mypy
+echo "== import-linter"
+lint-imports --no-cache
+echo "== pytest"
+pytest "$@"

@@ -1,6 +1,6 @@
 """The `aws` provider: EC2 instances (on-demand or spot) tagged with the resource's address and
 Skyform id, found again by one DescribeInstances per region; setup and run over SSH
-(`cloud_nodes`). boto3 is imported here and in `aws_ec2` only.
+(`cloud_nodes`, `ssh_provider`). boto3 is imported here and in `aws_ec2` only.
 
 - A placement with a zone (a catalog zone id such as `use1-az4`) launches there; one without
   tries the region's zones in order. Capacity errors become CapacityError (the applier fails
@@ -9,6 +9,9 @@ Skyform id, found again by one DescribeInstances per region; setup and run over 
   gone altogether makes the run PREEMPTED; an on-demand instance lost outside Skyform NODE_LOST.
 - Instances Skyform terminates are remembered under `<home>/aws/gone/` and tagged, since EC2
   keeps listing terminated instances for a while.
+- Activity and autostop are instance tags (`cloud_nodes.ACTIVITY_KEY`, `AUTOSTOP_KEY`), read
+  from the same DescribeInstances that finds the instances; a relaunch that adopts the
+  instances with another autostop rewrites (CreateTags) or removes (DeleteTags) it.
 - Settings (skyform.yaml / provider settings): `regions`, `image_id`, `ssh_user` (ubuntu),
   `remote_root`, `ssh_host_override` (tests only, see `applier.providers.ssh`),
   `boot_timeout_s`, `ssh_timeout_s`, `poll_s`.
@@ -21,22 +24,14 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from applier.provider import (
-    FreeCapacity,
-    Handle,
-    LaunchRequest,
-    ObservedResource,
-    Placement,
-    ResourceKind,
-    Selector,
-)
-from applier.providers import aws_ec2, cloud_nodes, ssh, ssh_node
+from applier.provider import FreeCapacity, Handle, LaunchRequest, ObservedResource, Selector
+from applier.providers import aws_ec2, cloud_nodes, ssh
 from applier.providers import local_files as files
-from applier.providers.aws_instances import Instances, group_by_id
+from applier.providers.aws_instances import Instances, group_by_id, tags
 from applier.providers.ssh_provider import SshNodesProvider
 from schema.errors import CapacityError, ProviderError
 
@@ -48,6 +43,8 @@ class AwsProvider(SshNodesProvider[Instances]):
 
     name = "aws"
     _cloud_label = "AWS"
+    _default_user = "ubuntu"
+    _a_placement = "an aws placement"
 
     def __init__(
         self,
@@ -55,15 +52,9 @@ class AwsProvider(SshNodesProvider[Instances]):
         settings: Mapping[str, Any],
         client: Callable[[str], Any] = aws_ec2.make_client,
     ) -> None:
-        self._home = home
-        self._root = home / "aws"
-        self._settings = dict(settings)
+        super().__init__(home, settings)
         self._client = client
         self._regions: dict[str, aws_ec2.Region] = {}
-        self._lock = threading.Lock()
-        self._boot_timeout = float(settings.get("boot_timeout_s", 600.0))
-        self._ssh_timeout = float(settings.get("ssh_timeout_s", 300.0))
-        self._poll = float(settings.get("poll_s", 2.0))
 
     # ---- regions --------------------------------------------------------------------------
 
@@ -72,6 +63,9 @@ class AwsProvider(SshNodesProvider[Instances]):
             if name not in self._regions:
                 self._regions[name] = aws_ec2.Region(name, self._client(name))
             return self._regions[name]
+
+    def _region_of(self, where: Handle | LaunchRequest) -> aws_ec2.Region:
+        return self.region(where.placement.region or DEFAULT_REGION)
 
     def _known_regions(self) -> list[str]:
         """The configured regions and every region Skyform launched in from this home."""
@@ -97,39 +91,15 @@ class AwsProvider(SshNodesProvider[Instances]):
     def capacity(self) -> list[FreeCapacity]:
         return []  # clouds are sized by the catalog; stockouts show up at launch
 
-    def launch(self, req: LaunchRequest) -> Handle:
-        self._validate(req)
-        region = self.region(req.placement.region or DEFAULT_REGION)
-        found = region.owned(req.skyform_id, None)
+    def _adoptable(self, req: LaunchRequest) -> Instances | None:
+        found = self._region_of(req).owned(req.skyform_id, None)
         group = group_by_id(found, self._gone()).get(req.skyform_id)
-        created = group is None or not group.alive_or_pending()
-        if created:
-            self._remember_region(region.name)
-            group = Instances(self._create(region, req))
-        assert group is not None
-        try:
-            group = self._wait_running(req, group, lambda g: Instances(region.by_ids(g.ids)))
-            handle = self._handle(group)
-            # Adopting: the node drivers notice they were started already and are left alone.
-            self._start_runs(replace(req, task_id=handle.task_id), group)
-        except BaseException:
-            if created:  # leave nothing behind; an adopted resource is not ours to end here
-                self._terminate_ids(region, group.ids, req.skyform_id)
-            raise
-        return handle
+        return group if group is not None and group.alive_or_pending() else None
 
-    def _validate(self, req: LaunchRequest) -> None:
-        if req.placement.cloud != "aws":
-            raise ProviderError(f"{req.address}: placement {req.placement.describe()} is not aws")
-        if not req.placement.instance_type:
-            raise ProviderError(f"{req.address}: an aws placement needs an instance type")
-        if req.num_nodes < 1:
-            raise ProviderError(f"{req.address}: num_nodes must be at least 1")
-        ssh_node.check_task(req.address, req.task)
-        files.base_env(req)  # a missing env value fails before anything is created
-
-    def _create(self, region: aws_ec2.Region, req: LaunchRequest) -> list[dict[str, Any]]:
+    def _create(self, req: LaunchRequest) -> Instances:
         """RunInstances in the placement's zone, or in each zone of the region in turn."""
+        region = self._region_of(req)
+        self._remember_region(region.name)
         p = req.placement
         zones = [region.zone_name(p.zone)] if p.zone else sorted(region.zones().values())
         params = self._run_params(region, req)
@@ -149,7 +119,7 @@ class AwsProvider(SshNodesProvider[Instances]):
                     raise  # a quota is regional: other zones cannot help
                 errors.append(f"{zone}: {exc}")
                 continue
-            return list(out["Instances"])
+            return Instances(out["Instances"])
         raise CapacityError(f"{req.address}: no zone could take it: " + "; ".join(errors), p)
 
     def _run_params(self, region: aws_ec2.Region, req: LaunchRequest) -> dict[str, Any]:
@@ -203,7 +173,16 @@ class AwsProvider(SshNodesProvider[Instances]):
             "skyform-ports": ",".join(str(p) for p in req.ports),
             "skyform-replica": "" if req.replica_id is None else str(req.replica_id),
         }
+        autostop = cloud_nodes.autostop_mark(req)
+        if autostop is not None:
+            values[cloud_nodes.AUTOSTOP_KEY] = autostop
         return [{"Key": k, "Value": v} for k, v in values.items()]
+
+    def _refetch(self, req: LaunchRequest, group: Instances) -> Instances:
+        return Instances(self._region_of(req).by_ids(group.ids))
+
+    def _discard(self, req: LaunchRequest, group: Instances) -> None:
+        self._terminate_ids(self._region_of(req), group.ids, req.skyform_id)
 
     def _boot_detail(self, group: Instances) -> str:
         return f" ({group.reasons()})"
@@ -222,31 +201,18 @@ class AwsProvider(SshNodesProvider[Instances]):
                     out.append(self._observed(group, handle))
         return out
 
-    # ---- run, stop, start, terminate ------------------------------------------------------
+    # ---- stop, start, terminate -----------------------------------------------------------
 
     def stop(self, handle: Handle) -> None:
         self.check_stoppable(handle)
-        region = self.region(handle.placement.region or DEFAULT_REGION)
-        region.call("stop_instances", InstanceIds=handle.resource_id.split(","))
+        self._region_of(handle).call("stop_instances", InstanceIds=handle.resource_id.split(","))
 
-    def start(self, handle: Handle) -> Handle:
-        if handle.kind != ResourceKind.CLUSTER:
-            raise ProviderError(f"{handle.address}: only clusters can be started")
-        region = self.region(handle.placement.region or DEFAULT_REGION)
-        ids = handle.resource_id.split(",")
-        group = Instances(region.by_ids(ids))
-        if cloud_nodes.GONE in group.states(handle.num_nodes):
-            raise ProviderError(f"{handle.address}: its instances are gone; launch it again")
+    def _start_stopped(self, handle: Handle, group: Instances) -> Instances:
         if cloud_nodes.STOPPED in group.states():
+            region, ids = self._region_of(handle), handle.resource_id.split(",")
             self._wait_stopped(region, ids)
             region.call("start_instances", InstanceIds=ids)
-        deadline = time.monotonic() + self._boot_timeout
-        while not all(s == cloud_nodes.UP for s in group.states()):
-            if time.monotonic() > deadline:
-                raise ProviderError(f"{handle.address}: not running {self._boot_timeout:g}s on")
-            time.sleep(self._poll)
-            group = Instances(region.by_ids(ids))
-        return self._handle(group)
+        return group
 
     def _wait_stopped(self, region: aws_ec2.Region, ids: list[str]) -> None:
         """A `stopping` instance cannot be started yet."""
@@ -257,50 +223,35 @@ class AwsProvider(SshNodesProvider[Instances]):
             time.sleep(self._poll)
 
     def terminate(self, handle: Handle) -> None:
-        region = self.region(handle.placement.region or DEFAULT_REGION)
+        region = self._region_of(handle)
         found = region.owned(handle.skyform_id, None)
         ids = sorted({*handle.resource_id.split(","), *(i["InstanceId"] for i in found)})
         self._terminate_ids(region, ids, handle.skyform_id)
 
     def _terminate_ids(self, region: aws_ec2.Region, ids: list[str], skyform_id: str) -> None:
-        gone = self._root / "gone"
-        gone.mkdir(parents=True, exist_ok=True)
-        (gone / skyform_id).touch()  # first: observe() must never resurrect it
+        self._mark_gone(skyform_id)
         region.terminate([i for i in ids if i])
 
-    # ---- helpers --------------------------------------------------------------------------
-
-    def _gone(self) -> set[str]:
-        gone = self._root / "gone"
-        return {p.name for p in gone.iterdir()} if gone.is_dir() else set()
+    # ---- the instances --------------------------------------------------------------------
 
     def _by_handle(self, handle: Handle) -> Instances:
-        region = self.region(handle.placement.region or DEFAULT_REGION)
-        return Instances(region.by_ids(handle.resource_id.split(",")))
+        return Instances(self._region_of(handle).by_ids(handle.resource_id.split(",")))
 
-    def _nodes(self, group: Instances) -> cloud_nodes.Nodes:
-        user = str(self._settings.get("ssh_user") or "ubuntu")
-        return self._ssh_nodes(group.ssh_ips(), user, group.handle_fields()["resource"])
+    def _resource_id(self, group: Instances) -> str:
+        return ",".join(group.ids)
 
-    def _handle(self, group: Instances) -> Handle:
-        f = group.handle_fields()
-        kind = ResourceKind(f["kind"])
-        ports = tuple(f["ports"])
-        endpoint = None
-        if kind == ResourceKind.SERVICE_REPLICA and ports:
-            endpoint = f"{group.ssh_ips()[0]}:{ports[0]}"
-        return Handle(
-            provider=self.name,
-            address=f["address"],
-            skyform_id=f["skyform_id"],
-            kind=kind,
-            placement=Placement(**f["placement"]),
-            num_nodes=int(f["num_nodes"]),
-            resource_id=",".join(group.ids),
-            task_id=f["task_id"],
-            endpoint=endpoint,
-            ports=ports,
-        )
+    def _marks(self, group: Instances) -> list[dict[str, str]]:
+        return [tags(i) for i in group.items]
+
+    def _set_marks(self, handle: Handle, group: Instances, marks: Mapping[str, str | None]) -> None:
+        """One CreateTags (and one DeleteTags, for the keys to remove) for all the instances."""
+        region = self._region_of(handle)
+        put = [{"Key": k, "Value": v} for k, v in marks.items() if v is not None]
+        drop = [{"Key": k} for k, v in marks.items() if v is None]
+        if put:
+            region.call("create_tags", Resources=group.ids, Tags=put)
+        if drop:
+            region.call("delete_tags", Resources=group.ids, Tags=drop)
 
 
 def from_settings(home: Path, settings: Mapping[str, Any]) -> AwsProvider:

@@ -1,6 +1,7 @@
 """A cloud resource's nodes seen through SSH, for any VM provider (AWS, GCP): starting every
 node's run with SkyPilot's variables, the multi-node setup barrier, refreshing the local mirror
-(state and logs), exec, and the run's JobState from the mirror plus the instances' states.
+(state and logs), exec, and the run's JobState from the mirror plus the instances' states;
+activity and autostop as the instances' tags (AWS) or labels (GCP) carry them.
 
 The mirror (`<home>/<cloud>/<resource>/node-<rank>/`) keeps the last state read from each node,
 so a job that finished is still known as finished after its instances are gone.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +25,11 @@ from applier.providers.ssh_node import NodeState
 T = TypeVar("T")
 UP, PENDING, STOPPED, GONE = "up", "pending", "stopped", "gone"
 NOTHING_TO_RUN = NodeState(True, "idle", "run", 0, False, True)
+# On every instance: epoch seconds of the last run, start or interactive use.
+ACTIVITY_KEY = "skyform-last-active"
+# On every instance of a resource launched (or last relaunched, adopting its instances) with
+# autostop: `<minutes>`, or `<minutes>-down`.
+AUTOSTOP_KEY = "skyform-autostop"
 
 
 @dataclass(frozen=True)
@@ -189,3 +195,31 @@ def log_files(mirror: Path, num_nodes: int) -> list[LogFile]:
             if stage == "run" or path.exists():
                 out.append(LogFile(rank, stage, path))
     return out
+
+
+def activity_stamp() -> str:
+    """The value of ACTIVITY_KEY for now: whole epoch seconds (a valid tag and label value)."""
+    return str(int(time.time()))
+
+
+def last_active(launched: float, marks: Iterable[Mapping[str, str]]) -> float:
+    """The latest of the launch time and every instance's activity stamp."""
+    stamps = [float(v) for m in marks if (v := m.get(ACTIVITY_KEY, "")).isdigit()]
+    return max([launched, *stamps])
+
+
+def autostop_mark(req: LaunchRequest) -> str | None:
+    """AUTOSTOP_KEY's value for a resource launched with autostop, else None."""
+    autostop = req.task.resources.autostop
+    if autostop is None or not autostop.enabled:
+        return None
+    return f"{autostop.idle_minutes}-down" if autostop.down else str(autostop.idle_minutes)
+
+
+def autostop_of(marks: Iterable[Mapping[str, str]]) -> tuple[int | None, bool]:
+    """(idle minutes, down) from the instances' AUTOSTOP_KEY; (None, False) without one."""
+    for m in marks:
+        minutes, _, down = m.get(AUTOSTOP_KEY, "").partition("-")
+        if minutes.isdigit():
+            return int(minutes), down == "down"
+    return None, False

@@ -1,6 +1,6 @@
 """The `gcp` provider: GCE instances (standard or spot) labelled with the resource's Skyform id
 and sanitized address, found again by one aggregated list; setup and run over SSH
-(`cloud_nodes`). google-cloud-compute is imported in `gcp_compute` only.
+(`cloud_nodes`, `ssh_provider`). google-cloud-compute is imported in `gcp_compute` only.
 
 - A placement's zone (the plan always names one for GCP) is where every node is inserted; a
   placement without one tries `<region>-a`, `-b`, `-c`, `-f` in order. Stockouts and quota
@@ -10,6 +10,9 @@ and sanitized address, found again by one aggregated list; setup and run over SS
   a standard instance lost outside Skyform NODE_LOST.
 - Deleted resources are remembered under `<home>/gcp/gone/`, since GCE lists an instance for a
   while as it is deleted.
+- Activity and autostop are instance labels (`cloud_nodes.ACTIVITY_KEY`, `AUTOSTOP_KEY`), read
+  from the same list that finds the instances; a relaunch that adopts the instances with
+  another autostop rewrites or removes it (setLabels on each instance that differs).
 - Settings: `regions`, `project_id`, `image_id`, `ssh_user` (gcpuser), `remote_root`,
   `ssh_host_override` and `api_endpoint` (tests only), `boot_timeout_s`, `ssh_timeout_s`,
   `poll_s`, `operation_timeout_s`.
@@ -21,22 +24,14 @@ import json
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from applier.provider import (
-    FreeCapacity,
-    Handle,
-    LaunchRequest,
-    ObservedResource,
-    Placement,
-    ResourceKind,
-    Selector,
-)
-from applier.providers import cloud_nodes, gcp_compute, gcp_spec, ssh, ssh_node
+from applier.provider import FreeCapacity, Handle, LaunchRequest, ObservedResource, Selector
+from applier.providers import gcp_compute, gcp_spec, ssh
 from applier.providers import local_files as files
-from applier.providers.gcp_instances import Instances, group_by_id, label
+from applier.providers.gcp_instances import Instances, group_by_id, label, zone_of
 from applier.providers.ssh_provider import SshNodesProvider
 from schema.errors import CapacityError, ProviderError
 
@@ -46,16 +41,12 @@ class GcpProvider(SshNodesProvider[Instances]):
 
     name = "gcp"
     _cloud_label = "GCP"
+    _default_user = "gcpuser"
+    _a_placement = "a gcp placement"
 
     def __init__(self, home: Path, settings: Mapping[str, Any]) -> None:
-        self._home = home
-        self._root = home / "gcp"
-        self._settings = dict(settings)
+        super().__init__(home, settings)
         self._compute: gcp_compute.Compute | None = None
-        self._lock = threading.Lock()
-        self._boot_timeout = float(settings.get("boot_timeout_s", 600.0))
-        self._ssh_timeout = float(settings.get("ssh_timeout_s", 300.0))
-        self._poll = float(settings.get("poll_s", 2.0))
 
     @property
     def compute(self) -> gcp_compute.Compute:
@@ -69,46 +60,23 @@ class GcpProvider(SshNodesProvider[Instances]):
 
     # ---- launch ---------------------------------------------------------------------------
 
-    def launch(self, req: LaunchRequest) -> Handle:
-        self._validate(req)
-        found = self.compute.owned({"skyform-id": label(req.skyform_id)})
-        group = group_by_id(found, self._gone()).get(label(req.skyform_id))
-        created = group is None or not group.alive_or_pending()
-        if created:
-            group = Instances(self._create(req))
-        assert group is not None
-        try:
-            group = self._wait_running(req, group, self._refetch)
-            handle = self._handle(group)
-            self._remember(handle)
-            # Adopting: the node drivers notice they were started already and are left alone.
-            self._start_runs(replace(req, task_id=handle.task_id), group)
-        except BaseException:
-            if created:  # leave nothing behind; an adopted resource is not ours to end here
-                self._delete(group.items, req.skyform_id)
-            raise
-        return handle
-
-    def _validate(self, req: LaunchRequest) -> None:
-        if req.placement.cloud != "gcp":
-            raise ProviderError(f"{req.address}: placement {req.placement.describe()} is not gcp")
-        if not req.placement.instance_type:
-            raise ProviderError(f"{req.address}: a gcp placement needs an instance type")
+    def _validate_place(self, req: LaunchRequest) -> None:
         if not req.placement.zone and not req.placement.region:
             raise ProviderError(f"{req.address}: a gcp placement needs a region or zone")
-        if req.num_nodes < 1:
-            raise ProviderError(f"{req.address}: num_nodes must be at least 1")
-        ssh_node.check_task(req.address, req.task)
-        files.base_env(req)  # a missing env value fails before anything is created
 
-    def _create(self, req: LaunchRequest) -> list[dict[str, Any]]:
+    def _adoptable(self, req: LaunchRequest) -> Instances | None:
+        found = self.compute.owned({"skyform-id": label(req.skyform_id)})
+        group = group_by_id(found, self._gone()).get(label(req.skyform_id))
+        return group if group is not None and group.alive_or_pending() else None
+
+    def _create(self, req: LaunchRequest) -> Instances:
         """Every node in the placement's zone, or in each default zone of the region in turn."""
         p = req.placement
         zones = [p.zone] if p.zone else [f"{p.region}-{z}" for z in "abcf"]
         errors = []
         for zone in zones:
             try:
-                return self._create_in(req, zone)
+                return Instances(self._create_in(req, zone))
             except CapacityError as exc:
                 if p.zone or "quota" in str(exc):
                     raise  # the plan's own zone, or a regional quota other zones share
@@ -144,6 +112,25 @@ class GcpProvider(SshNodesProvider[Instances]):
         }
         return json.dumps(fields, separators=(",", ":"))
 
+    def _refetch(self, req: LaunchRequest, group: Instances) -> Instances:
+        found = (self.compute.get(zone_of(i), str(i["name"])) for i in group.items)
+        return Instances(i for i in found if i is not None)
+
+    def _discard(self, req: LaunchRequest, group: Instances) -> None:
+        self._delete(group.items, req.skyform_id)
+
+    def _remember(self, handle: Handle) -> None:
+        launched = self._root / "launched"
+        launched.mkdir(parents=True, exist_ok=True)
+        tmp = launched / f".{label(handle.skyform_id)}.{threading.get_ident()}"
+        tmp.write_text(json.dumps(handle.as_dict()))
+        tmp.replace(launched / f"{label(handle.skyform_id)}.json")
+
+    def _launched(self) -> dict[str, Handle]:
+        launched = self._root / "launched"
+        paths = sorted(launched.glob("*.json")) if launched.is_dir() else []
+        return {p.stem: Handle.from_dict(json.loads(p.read_text())) for p in paths}
+
     # ---- observe --------------------------------------------------------------------------
 
     def observe(self, selector: Selector | None = None) -> list[ObservedResource]:
@@ -165,30 +152,18 @@ class GcpProvider(SshNodesProvider[Instances]):
                 out.append(self._observed(Instances([]), handle))
         return out
 
-    # ---- run, stop, start, terminate ------------------------------------------------------
+    # ---- stop, start, terminate -----------------------------------------------------------
 
     def stop(self, handle: Handle) -> None:
         self.check_stoppable(handle)
         for zone, name in self._names(handle):
             self.compute.act("stop", zone, name, wait=True)
 
-    def start(self, handle: Handle) -> Handle:
-        if handle.kind != ResourceKind.CLUSTER:
-            raise ProviderError(f"{handle.address}: only clusters can be started")
-        group = self._by_handle(handle)
-        if cloud_nodes.GONE in group.states(handle.num_nodes):
-            raise ProviderError(f"{handle.address}: its instances are gone; launch it again")
+    def _start_stopped(self, handle: Handle, group: Instances) -> Instances:
         for instance in group.items:
             if instance.get("status") in ("TERMINATED", "STOPPING", "SUSPENDED"):
                 self.compute.act("start", _zone(instance, handle), instance["name"], wait=True)
-        deadline = time.monotonic() + self._boot_timeout
-        group = self._by_handle(handle)
-        while not all(s == cloud_nodes.UP for s in group.states()):
-            if time.monotonic() > deadline:
-                raise ProviderError(f"{handle.address}: not running {self._boot_timeout:g}s on")
-            time.sleep(self._poll)
-            group = self._by_handle(handle)
-        return self._handle(group)
+        return self._by_handle(handle)
 
     def terminate(self, handle: Handle) -> None:
         found = self.compute.owned({"skyform-id": label(handle.skyform_id)})
@@ -197,18 +172,16 @@ class GcpProvider(SshNodesProvider[Instances]):
 
     def _delete(self, instances: list[dict[str, Any]], skyform_id: str | None) -> None:
         if skyform_id is not None:
-            gone = self._root / "gone"
-            gone.mkdir(parents=True, exist_ok=True)
-            (gone / label(skyform_id)).touch()  # first: observe() must never resurrect it
+            self._mark_gone(label(skyform_id))
             (self._root / "launched" / f"{label(skyform_id)}.json").unlink(missing_ok=True)
         done = set()
         for instance in instances:
-            key = (str(instance["zone"]).rsplit("/", 1)[-1], str(instance["name"]))
+            key = (zone_of(instance), str(instance["name"]))
             if key not in done:
                 done.add(key)
                 self.compute.act("delete", *key, wait=False)
 
-    # ---- helpers --------------------------------------------------------------------------
+    # ---- the instances --------------------------------------------------------------------
 
     def _names(self, handle: Handle) -> list[tuple[str, str]]:
         """(zone, name) per node; the handle's resource id is `zone/name,...`."""
@@ -222,57 +195,19 @@ class GcpProvider(SshNodesProvider[Instances]):
         found = (self.compute.get(zone, name) for zone, name in self._names(handle))
         return Instances(i for i in found if i is not None)
 
-    def _refetch(self, group: Instances) -> Instances:
-        found = (self.compute.get(_zone(i, None), str(i["name"])) for i in group.items)
-        return Instances(i for i in found if i is not None)
+    def _resource_id(self, group: Instances) -> str:
+        return ",".join(f"{_zone(i, None)}/{i['name']}" for i in group.items)
 
-    def _remember(self, handle: Handle) -> None:
-        launched = self._root / "launched"
-        launched.mkdir(parents=True, exist_ok=True)
-        tmp = launched / f".{label(handle.skyform_id)}.{threading.get_ident()}"
-        tmp.write_text(json.dumps(handle.as_dict()))
-        tmp.replace(launched / f"{label(handle.skyform_id)}.json")
+    def _marks(self, group: Instances) -> list[dict[str, str]]:
+        return [dict(i.get("labels") or {}) for i in group.items]
 
-    def _launched(self) -> dict[str, Handle]:
-        launched = self._root / "launched"
-        paths = sorted(launched.glob("*.json")) if launched.is_dir() else []
-        return {p.stem: Handle.from_dict(json.loads(p.read_text())) for p in paths}
-
-    def _gone(self) -> set[str]:
-        gone = self._root / "gone"
-        return {p.name for p in gone.iterdir()} if gone.is_dir() else set()
-
-    def _user(self) -> str:
-        return str(self._settings.get("ssh_user") or "gcpuser")
-
-    def _nodes(self, group: Instances) -> cloud_nodes.Nodes:
-        f = group.handle_fields()
-        resource = files.resource_dir_name(f["address"], f["skyform_id"])
-        return self._ssh_nodes(group.ssh_ips(), self._user(), resource)
-
-    def _handle(self, group: Instances) -> Handle:
-        f = group.handle_fields()
-        kind = ResourceKind(f["kind"])
-        ports = tuple(int(p) for p in f["ports"])
-        endpoint = None
-        if kind == ResourceKind.SERVICE_REPLICA and ports:
-            endpoint = f"{group.ssh_ips()[0]}:{ports[0]}"
-        return Handle(
-            provider=self.name,
-            address=f["address"],
-            skyform_id=f["skyform_id"],
-            kind=kind,
-            placement=Placement(**f["placement"]),
-            num_nodes=int(f["num_nodes"]),
-            resource_id=",".join(f"{_zone(i, None)}/{i['name']}" for i in group.items),
-            task_id=f["task_id"],
-            endpoint=endpoint,
-            ports=ports,
-        )
+    def _set_marks(self, handle: Handle, group: Instances, marks: Mapping[str, str | None]) -> None:
+        for instance in group.items:
+            self.compute.set_labels(_zone(instance, handle), instance, marks)
 
 
 def _zone(instance: dict[str, Any], handle: Handle | None) -> str:
-    zone = str(instance.get("zone") or "").rsplit("/", 1)[-1]
+    zone = zone_of(instance)
     return zone or (handle.placement.zone if handle and handle.placement.zone else "")
 
 

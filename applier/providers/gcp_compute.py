@@ -241,6 +241,30 @@ class Compute:
         out: list[dict[str, Any]] = self.call(listed, "all zones", request=request)
         return out
 
+    def set_labels(
+        self, zone: str, instance: dict[str, Any], labels: Mapping[str, str | None]
+    ) -> None:
+        """Add `labels` to the instance's own (a None value removes its key), with the label
+        fingerprint GCE requires (a label change since `instance` was read is refused, as GCE
+        guards against lost updates); nothing is called when the labels would not change."""
+        current = dict(instance.get("labels") or {})
+        merged = {**current, **labels}
+        wanted = {k: v for k, v in merged.items() if v is not None}
+        if wanted == current:
+            return
+        body = compute_v1.InstancesSetLabelsRequest(
+            labels=wanted, label_fingerprint=instance.get("labelFingerprint", "")
+        )
+        op = self.call(
+            self.instances.set_labels_unary,
+            zone,
+            project=self.project,
+            zone=zone,
+            instance=instance["name"],
+            instances_set_labels_request_resource=body,
+        )
+        self.wait(zone, op.name)
+
     def act(self, verb: str, zone: str, name: str, wait: bool) -> None:
         """delete/stop/start one instance; an instance already gone is fine."""
         fn = getattr(self.instances, f"{verb}_unary")

@@ -1,5 +1,6 @@
 """The GCE instance resource (REST JSON) Skyform inserts for one node of a placement: machine
-type, guest accelerators, spot scheduling, boot image, labels, and the SSH key in metadata."""
+type, guest accelerators, spot scheduling, boot image, labels (autostop among them), and the SSH
+key in metadata."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from applier.provider import LaunchRequest
+from applier.providers import cloud_nodes
 from applier.providers.gcp_instances import HANDLE_KEY, instance_name, label
 from schema.errors import ProviderError
 
@@ -99,6 +101,9 @@ def instance_body(
         "skyform-kind": label(req.kind.value),
         "skyform-rank": str(rank),
     }
+    autostop = cloud_nodes.autostop_mark(req)
+    if autostop is not None:
+        labels[cloud_nodes.AUTOSTOP_KEY] = autostop
     body: dict[str, Any] = {
         "name": instance_name(req.address, req.skyform_id, rank),
         "machineType": f"zones/{zone}/machineTypes/{p.instance_type}",

@@ -23,6 +23,9 @@ contexts of the search space, on the official `kubernetes` client.
 - skyform.yaml's `queue`, `image` and `schedule_timeout` are per context (ContextSettings)
   and override the constructor's.
 - Clusters cannot be stopped on Kubernetes (as in SkyPilot): stop/start raise ProviderError.
+  Autostop with `down: true` terminates an idle cluster; activity is the launch and the pods'
+  `skyform.dev/last-active` annotation (runs, `skyform ssh/exec/port-forward`). The autostop
+  is in the pods' launch record; a relaunch that adopts them with another one patches it.
 - Workdir and local file mounts: tarred and copied into every pod through exec once it runs
   (kubernetes_files); the bootstrap holds setup until they are in. Bucket mounts and git
   workdirs are not copied yet (fetch them in setup).
@@ -31,7 +34,6 @@ contexts of the search space, on the official `kubernetes` client.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -204,9 +206,12 @@ class KubernetesProvider:
         data = kfiles.archive(req, files) if files else b""
         prefix = pods.resource_name(req.address, req.skyform_id)
         existing = gang.list_pods(api, ns, pods.selector(req.skyform_id))
-        meta = next((m for m in map(_meta, existing) if m), None)
+        meta = next((m for m in map(kstatus.launch_record, existing) if m), None)
         if meta is None:
             meta = pods.handle_meta(req, task_id(req, datetime.now()), time.time())
+        else:  # adopting: the request's autostop replaces the one the pods were launched with
+            meta |= pods.autostop_record(req)
+            self._update_autostop(api, ns, req, existing)
         user_env = base_env(req)
         gpu_terms = self._gpu_terms(api, req) if req.placement.gpus_per_node else []
         try:
@@ -249,6 +254,21 @@ class KubernetesProvider:
             self._create(api, ns, "service", name, api.core.create_namespaced_service, service)
         except SkyformError as exc:
             log.warning("%s: no ClusterIP Service %s in %s: %s", req.address, name, ns, exc)
+
+    def _update_autostop(self, api: Api, ns: str, req: LaunchRequest, existing: list[Any]) -> None:
+        """A changed `resources.autostop` (an in-place update): the launch record of each pod
+        that says otherwise is patched, the rest of it kept; the pods as already listed tell,
+        so nothing is called when they all agree."""
+        wanted = pods.autostop_record(req)
+        for pod in existing:
+            record = kstatus.launch_record(pod)
+            if record is None or all(record.get(k) == v for k, v in wanted.items()):
+                continue
+            name = pod.metadata.name
+            patch = pods.record_patch(record | wanted)
+            api.call_ok_missing(  # a pod deleted meanwhile needs no record
+                f"annotate pod {name}", api.core.patch_namespaced_pod, name, ns, patch
+            )
 
     def _validate(self, req: LaunchRequest) -> None:
         if req.num_nodes < 1:
@@ -331,6 +351,7 @@ class KubernetesProvider:
             code, output = kexec.exec_in_pod(api, ns, pods.pod_name(prefix, rank), command, env)
             kexec.append_exec_log(base, rank, command, output)
             first_failure = first_failure or code
+        kexec.mark_active(api, ns, [p.metadata.name for p in listed])
         return first_failure
 
     def log_paths(self, handle: Handle) -> list[LogFile]:
@@ -386,14 +407,6 @@ class KubernetesProvider:
             api.call_ok_missing(
                 f"delete service {prefix}", api.core.delete_namespaced_service, prefix, ns
             )
-
-
-def _meta(pod: Any) -> dict[str, Any] | None:
-    try:
-        data = json.loads((pod.metadata.annotations or {})[pods.META])
-    except (KeyError, TypeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # ---- the registry's entry points ------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +27,26 @@ def log_dir(home: Path, context: str, resource_id: str) -> Path:
     return home / "kubernetes" / safe / resource_id
 
 
+def run_command(command: str) -> str:
+    """`command` as SkyPilot runs it: by bash where the image has it, else sh."""
+    return (
+        "if command -v bash >/dev/null 2>&1; then exec bash -c "
+        f"{shlex.quote(command)}; else exec sh -c {shlex.quote(command)}; fi"
+    )
+
+
+def script(env: Mapping[str, str], then: str) -> str:
+    """The variables of `env`, the work directory (as runs get it), then `then`."""
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
+    return f'{exports}[ -d "$HOME/sky_workdir" ] && cd "$HOME/sky_workdir"\n{then}\n'
+
+
 def exec_in_pod(
     api: Api, namespace: str, pod: str, command: str, env: Mapping[str, str] | None
 ) -> tuple[int, str]:
     """Run `command` with SkyPilot's shell conventions in the pod's container; (exit, output)."""
-    exports = "".join(f"export {k}={shlex.quote(v)}; " for k, v in (env or {}).items())
-    script = (
-        f'{exports}cd "$HOME/sky_workdir" 2>/dev/null; '
-        f"if command -v bash >/dev/null 2>&1; then bash -c {shlex.quote(command)}; "
-        f"else sh -c {shlex.quote(command)}; fi"
-    )
     try:
-        ws = _open_exec(api, namespace, pod, script)
+        ws = open_exec(api, namespace, pod, script(env or {}, run_command(command)))
     except TransientError as exc:
         if "Handshake status 4" in str(exc):  # the API server refused: not a network blip
             raise ProviderError(f"exec in pod {pod}: {exc}") from exc
@@ -55,7 +64,18 @@ def exec_in_pod(
     return int(code), output
 
 
-def _open_exec(api: Api, namespace: str, pod: str, script: str) -> Any:
+def open_exec(
+    api: Api,
+    namespace: str,
+    pod: str,
+    script: str,
+    *,
+    stdin: bool = False,
+    tty: bool = False,
+    binary: bool = False,
+) -> Any:
+    """An exec stream (`kubernetes.stream.ws_client.WSClient`) of `/bin/sh -c script` in the
+    pod's container."""
     return api.call(
         f"exec in pod {pod}",
         stream,
@@ -66,10 +86,18 @@ def _open_exec(api: Api, namespace: str, pod: str, script: str) -> Any:
         command=["/bin/sh", "-c", script],
         stdout=True,
         stderr=True,
-        stdin=False,
-        tty=False,
+        stdin=stdin,
+        tty=tty,
+        binary=binary,
         _preload_content=False,
     )
+
+
+def mark_active(api: Api, namespace: str, names: Sequence[str]) -> None:
+    """Record use of the pods now (`pods.ACTIVITY`), which autostop counts."""
+    patch = pods.activity_patch(time.time())
+    for name in names:
+        api.call(f"annotate pod {name}", api.core.patch_namespaced_pod, name, namespace, patch)
 
 
 def fetch_logs(api: Api, namespace: str, prefix: str, num_nodes: int, base: Path) -> None:

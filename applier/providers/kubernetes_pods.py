@@ -23,6 +23,9 @@ KIND = f"{LABEL}/kind"
 RESOURCE = f"{LABEL}/resource"
 RANK = f"{LABEL}/rank"
 META = f"{LABEL}/handle"  # annotation: what observe() needs to rebuild the Handle
+# Annotation: when the pod was last used (epoch seconds): `skyform ssh/exec/port-forward` and
+# provider runs write it; observe() reports the latest of it and the launch as `last_active`.
+ACTIVITY = "skyform.dev/last-active"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
 KUEUE_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotation
@@ -133,6 +136,17 @@ def labels(req: LaunchRequest, prefix: str, queue: str | None) -> dict[str, str]
     return out
 
 
+def autostop_record(req: LaunchRequest) -> dict[str, Any]:
+    """The launch record's autostop fields for `req` (minutes None: no autostop)."""
+    autostop = req.task.resources.autostop
+    if autostop is not None and not autostop.enabled:
+        autostop = None
+    return {
+        "autostop_minutes": autostop.idle_minutes if autostop else None,
+        "autostop_down": bool(autostop and autostop.down),
+    }
+
+
 def handle_meta(req: LaunchRequest, task_id: str, launched_at: float) -> dict[str, Any]:
     return {
         "address": req.address,
@@ -144,7 +158,18 @@ def handle_meta(req: LaunchRequest, task_id: str, launched_at: float) -> dict[st
         "ports": list(req.ports),
         "replica_id": req.replica_id,
         "launched_at": launched_at,
+        **autostop_record(req),
     }
+
+
+def record_patch(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The merge patch that rewrites a pod's launch record (`META`)."""
+    return {"metadata": {"annotations": {META: json.dumps(record, sort_keys=True)}}}
+
+
+def activity_patch(now: float) -> dict[str, Any]:
+    """The merge patch that records use of a pod at `now`."""
+    return {"metadata": {"annotations": {ACTIVITY: str(int(now))}}}
 
 
 def _skypilot_env(req: LaunchRequest, rank: int, task_id: str) -> dict[str, str]:

@@ -128,12 +128,24 @@ def resource_status(nodes: Sequence[PodView]) -> ResourceStatus:
     return ResourceStatus.UP
 
 
+def launch_record(pod: Any) -> dict[str, Any] | None:
+    """What the launch recorded on the pod (its `pods.META` annotation); None when the pod is
+    not ours, or the record was written by an incompatible Skyform."""
+    try:
+        data = json.loads((pod.metadata.annotations or {})[pods.META])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def handle_from_pod(pod: Any) -> Handle | None:
     """The Handle a launch returned, rebuilt from the annotation on any of its pods."""
+    meta = launch_record(pod)
     try:
-        meta = json.loads((pod.metadata.annotations or {})[pods.META])
-        placement = Placement(**meta["placement"])
+        placement = Placement(**meta["placement"]) if meta is not None else None
     except (KeyError, TypeError, ValueError):
+        placement = None
+    if meta is None or placement is None:
         return None  # not ours, or written by an incompatible Skyform: leave it alone
     port = next(iter(meta.get("ports") or []), None)
     ip = pod.status.pod_ip if pod.status else None
@@ -156,17 +168,33 @@ def handle_from_pod(pod: Any) -> Handle | None:
     )
 
 
-def launched_at(pod: Any) -> float:
+def _seconds(value: Any) -> float:
     try:
-        return float(json.loads((pod.metadata.annotations or {})[pods.META])["launched_at"])
-    except (KeyError, TypeError, ValueError):
+        return float(value)
+    except (TypeError, ValueError):
         return 0.0
 
 
+def launched_at(pod: Any) -> float:
+    return _seconds((launch_record(pod) or {}).get("launched_at"))
+
+
+def last_used(pod: Any) -> float:
+    """When the pod was last used (`pods.ACTIVITY`: interactive sessions, runs); 0 if never."""
+    return _seconds((pod.metadata.annotations or {}).get(pods.ACTIVITY))
+
+
 def observed(handle: Handle, pod_list: Sequence[Any]) -> ObservedResource:
+    """The resource from its pods as listed (no call of its own). Autostop: pods cannot be
+    stopped, so only an autostop with `down` is reported (the cluster is then terminated);
+    a plain autostop is not enforced here, as on SkyPilot's Kubernetes."""
     nodes = views(pod_list, handle.num_nodes)
     job = job_state(handle.kind, nodes, handle.placement.use_spot)
     started = max((launched_at(p) for p in pod_list), default=0.0)
+    used = max((last_used(p) for p in pod_list), default=0.0)
+    record = next((m for m in map(launch_record, pod_list) if m), {})
+    down = bool(record.get("autostop_down"))
+    minutes = record.get("autostop_minutes") if down else None
     return ObservedResource(
         handle=handle,
         status=resource_status(nodes),
@@ -181,5 +209,7 @@ def observed(handle: Handle, pod_list: Sequence[Any]) -> ObservedResource:
             for v in nodes
         ),
         launched_at=started,
-        last_active=started,
+        last_active=max(started, used),
+        autostop_minutes=None if minutes is None else int(minutes),
+        autostop_down=down,
     )

@@ -143,6 +143,9 @@ class LocalProvider:
                 meta = self._update(rdir, status=ResourceStatus.UP)
             elif req.kind == ResourceKind.CLUSTER and meta["setup_hash"] != files.setup_hash(req):
                 meta = self._rerun_setup(rdir, meta, req, env)
+            autostop = files.autostop_fields(req)
+            if any(meta.get(k) != v for k, v in autostop.items()):
+                meta = self._update(rdir, **autostop)  # an update changed it in place
         return self._handle(meta)
 
     def _validate(self, req: LaunchRequest) -> None:

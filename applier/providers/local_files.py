@@ -223,7 +223,6 @@ def skypilot_env(
 def new_record(req: LaunchRequest, now: float) -> dict[str, Any]:
     """The resource's metadata as first written (status LAUNCHING): its tags and reservation."""
     cpus, memory = node_shape(req)
-    autostop = req.task.resources.autostop
     name = req.address.partition(".")[2]
     if req.kind == ResourceKind.SERVICE_REPLICA and req.replica_id is not None:
         cluster_name = f"{name}-{req.replica_id}"
@@ -248,7 +247,16 @@ def new_record(req: LaunchRequest, now: float) -> dict[str, Any]:
         "launched_at": now,
         "last_active": now,
         "setup_hash": setup_hash(req),
-        "autostop_minutes": autostop.idle_minutes if autostop and autostop.enabled else None,
-        "autostop_down": bool(autostop and autostop.enabled and autostop.down),
+        **autostop_fields(req),
     }
     return meta
+
+
+def autostop_fields(req: LaunchRequest) -> dict[str, Any]:
+    """The record's autostop: written at create, and again when an update changes it."""
+    autostop = req.task.resources.autostop
+    enabled = autostop is not None and autostop.enabled
+    return {
+        "autostop_minutes": autostop.idle_minutes if autostop and enabled else None,
+        "autostop_down": bool(autostop and enabled and autostop.down),
+    }

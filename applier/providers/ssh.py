@@ -10,15 +10,18 @@ directories on that host (see `applier.providers.ssh_node`).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -26,6 +29,7 @@ from schema.errors import ProviderError
 
 OVERRIDE_ENV = "SKYFORM_SSH_HOST_OVERRIDE"
 KEY_NAME = "id_ed25519"  # <home>/ssh/id_ed25519: the client key `skyform ssh` uses too
+KEY_COMMENT = "skyform"
 
 
 @dataclass(frozen=True)
@@ -40,32 +44,67 @@ class Target:
     isolated: bool = False
 
 
-def ensure_key(home: Path) -> tuple[Path, str]:
-    """Skyform's SSH key (made at first use, private part 0600): its path and public line."""
-    directory = home / "ssh"
-    private = directory / KEY_NAME
-    public = directory / f"{KEY_NAME}.pub"
-    if not private.exists():
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
+@contextmanager
+def key_lock(directory: Path) -> Iterator[None]:
+    """Hold `<directory>/.lock` (made with the directory, 0700), so that processes sharing a
+    Skyform home (apply, the daemon, an editor's ssh) make and read its keys one at a time.
+    Not re-entrant: flock locks are per open file, even within one process."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with (directory / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def key_line(path: Path) -> str:
+    """The public line (`ssh-ed25519 AAAA...`, no comment) of the private key at `path`, made
+    when missing (Ed25519, 0600, written whole; an existing key is never replaced). The line
+    is derived from the private key itself, so a missing or stale `.pub` never leads to
+    trusting the wrong key; a missing `.pub` is written. Call it under `key_lock`."""
+    if not path.exists():
+        private = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        line = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        tmp = directory / f".{KEY_NAME}.{os.getpid()}"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        public.write_text(line.decode() + " skyform\n")
-        os.replace(tmp, private)  # whole or absent, even when two launches race
+            fh.write(private)
+        try:
+            os.link(tmp, path)  # whole or absent; never replaces a key made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    data = path.read_bytes()
+    try:
+        key: Any = serialization.load_ssh_private_key(data, password=None)
+    except (ValueError, UnsupportedAlgorithm):
+        try:  # an older PEM key the user put there
+            key = serialization.load_pem_private_key(data, password=None)
+        except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+            raise ProviderError(f"cannot read the SSH key {path}: {exc}") from exc
+    line: str = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    public = path.with_name(path.name + ".pub")
     if not public.exists():
-        loaded = paramiko.Ed25519Key.from_private_key_file(str(private))
-        public.write_text(f"{loaded.get_name()} {loaded.get_base64()} skyform\n")
-    return private, public.read_text().strip()
+        tmp = public.with_name(f".{public.name}.{os.getpid()}.new")
+        tmp.write_text(f"{line} {KEY_COMMENT}\n")
+        os.replace(tmp, public)
+    return line
+
+
+def ensure_key(home: Path) -> tuple[Path, str]:
+    """Skyform's SSH client key (made at first use): its path and public line (with the
+    comment `skyform`). The same key `skyform ssh` and OpenSSH clients use."""
+    directory = home / "ssh"
+    private = directory / KEY_NAME
+    with key_lock(directory):
+        line = key_line(private)
+    return private, f"{line} {KEY_COMMENT}"
 
 
 def parse_override(settings: Mapping[str, Any]) -> tuple[str, int] | None:

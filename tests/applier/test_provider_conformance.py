@@ -1,5 +1,7 @@
 """One conformance suite for the `Provider` protocol, run against every implementation (local,
-fake): what plan execution and the managed-job layer rely on, whichever provider is behind them.
+fake, and aws and gcp over their fake clouds, `tests.cloud_support`): what plan execution and
+the managed-job layer rely on, whichever provider is behind them. The capacity-accounting tests
+leave the clouds out: they are sized by the catalog, not by a count.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +35,8 @@ from applier.providers.local_node import read_json
 from schema.errors import CapacityError, ProviderError
 from schema.loader import load_tasks
 from schema.task import Task
+from tests.cloud_support.fixtures import aws, client_key, fake_ec2, fake_gce, gcp, sshd  # noqa: F401
+from tests.cloud_support.worlds import World
 
 T = TypeVar("T")
 
@@ -57,9 +61,11 @@ class Harness:
     provider: Provider
     cloud: str
     kill_node: Callable[[Handle], None]  # a node dies outside Skyform (kill -9 / node lost)
+    at: Placement | None = None  # where every request goes (a cloud's); None: sized by the test
+    leftovers: Callable[[], list[Any]] = list  # what is still billed once all is terminated
 
     def placement(self, cpus: float = 0.1, memory_gib: float = 0.1) -> Placement:
-        return Placement(cloud=self.cloud, cpus=cpus, memory_gib=memory_gib)
+        return self.at or Placement(cloud=self.cloud, cpus=cpus, memory_gib=memory_gib)
 
     def request(
         self,
@@ -78,7 +84,7 @@ class Harness:
         )
 
 
-def _local(home: Path, caps: LocalCaps | None) -> Harness:
+def _local(request: pytest.FixtureRequest, home: Path, caps: LocalCaps | None) -> Harness:
     provider = LocalProvider(home, caps=caps, grace_s=1.0)
 
     def kill(handle: Handle) -> None:
@@ -89,7 +95,7 @@ def _local(home: Path, caps: LocalCaps | None) -> Harness:
     return Harness(provider, "local", kill)
 
 
-def _fake(home: Path, caps: LocalCaps | None) -> Harness:
+def _fake(request: pytest.FixtureRequest, home: Path, caps: LocalCaps | None) -> Harness:
     capacity = []
     if caps is not None:
         capacity = [FreeCapacity("fake", "fake", None, caps.cpus or 64.0, 64.0)]
@@ -97,22 +103,41 @@ def _fake(home: Path, caps: LocalCaps | None) -> Harness:
     return Harness(provider, "fake", lambda h: provider.lose_node(h, 0))
 
 
-FACTORIES = {"local": _local, "fake": _fake}
+def _cloud(request: pytest.FixtureRequest, home: Path, caps: LocalCaps | None) -> Harness:
+    world: World = request.getfixturevalue(request.param)  # the `aws` or `gcp` fixture
+    return Harness(world.provider(home), world.name, world.kill, world.placement, world.live)
 
 
-@pytest.fixture(params=sorted(FACTORIES))
-def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+CLOUDS = ("aws", "gcp")
+FACTORIES = {"local": _local, "fake": _fake, **dict.fromkeys(CLOUDS, _cloud)}
+SIZED = ("fake", "local")  # sized by a count of CPUs (clouds are sized by the catalog)
+
+
+def _makers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    if request.param in CLOUDS:  # its world first, so that it outlives the teardown below
+        request.getfixturevalue(request.param)
     made: list[Harness] = []
 
     def build(caps: LocalCaps | None = None) -> Harness:
-        harness = FACTORIES[request.param](tmp_path / f"home-{len(made)}", caps)
+        harness = FACTORIES[request.param](request, tmp_path / f"home-{len(made)}", caps)
         made.append(harness)
         return harness
 
     yield build
-    for harness in made:  # leave no process behind, whatever the test did
+    for harness in made:  # leave no process (or instance) behind, whatever the test did
         for res in harness.provider.observe():
             harness.provider.terminate(res.handle)
+        assert harness.leftovers() == []
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    yield from _makers(request, tmp_path)
+
+
+@pytest.fixture(params=SIZED)
+def make_sized(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Harness]]:
+    yield from _makers(request, tmp_path)
 
 
 @pytest.fixture
@@ -181,9 +206,9 @@ def test_a_node_killed_outside_skyform_is_node_lost(h: Harness) -> None:
 
 
 def test_over_capacity_raises_capacity_error_with_the_placement(
-    make: Callable[..., Harness],
+    make_sized: Callable[..., Harness],
 ) -> None:
-    h = make(LocalCaps(cpus=1.0))
+    h = make_sized(LocalCaps(cpus=1.0))
     req = h.request("run: echo hi\n", cpus=2.0)
     with pytest.raises(CapacityError) as err:
         h.provider.launch(req)
@@ -191,8 +216,10 @@ def test_over_capacity_raises_capacity_error_with_the_placement(
     assert h.provider.observe() == []
 
 
-def test_running_resources_use_capacity_until_terminated(make: Callable[..., Harness]) -> None:
-    h = make(LocalCaps(cpus=1.0))
+def test_running_resources_use_capacity_until_terminated(
+    make_sized: Callable[..., Harness],
+) -> None:
+    h = make_sized(LocalCaps(cpus=1.0))
     first = h.provider.launch(h.request("run: sleep 30\n", address="job.a", cpus=1.0))
     with pytest.raises(CapacityError):
         h.provider.launch(h.request("run: echo hi\n", address="job.b", cpus=1.0))
@@ -215,6 +242,25 @@ def test_cluster_stop_and_start(h: Harness) -> None:
     assert h.provider.start(handle) == handle
     assert h.provider.observe()[0].status == ResourceStatus.UP
     assert h.provider.run(handle, "true") == 0
+
+
+def test_run_and_start_count_as_activity(h: Harness) -> None:
+    """What autostop reads: a run and a start make `last_active` now (clouds keep whole
+    seconds, hence the pauses that put them past the launch's second)."""
+    handle = h.provider.launch(h.request("run: echo up\n", "cluster.c", ResourceKind.CLUSTER))
+    assert wait_for(lambda: finished(h.provider, handle), "the run") == JobState.SUCCEEDED
+    time.sleep(1.1)
+    before = time.time()
+    assert h.provider.run(handle, "true") == 0
+    [seen] = h.provider.observe()
+    assert seen.last_active >= int(before) > seen.launched_at
+
+    h.provider.stop(handle)
+    time.sleep(1.1)
+    before = time.time()
+    h.provider.start(handle)
+    [seen] = h.provider.observe()
+    assert seen.last_active >= int(before) > seen.launched_at
 
 
 def test_jobs_cannot_be_stopped(h: Harness) -> None:

@@ -4,12 +4,13 @@ simulate, on the wire as real EC2 sends it (so botocore parses and retries it as
 - capacity errors (HTTP 500 InsufficientInstanceCapacity, or a quota code) for RunInstances by
   instance type and zone name, a number of times or forever;
 - throttling (HTTP 503 RequestLimitExceeded) of every n-th call of an action;
-- spot reclaims and vanished instances, by changing moto's in-process state (the documented
-  hook: moto has no API for either).
+- spot reclaims, vanished instances and older launch times, by changing moto's in-process
+  state (the documented hook: moto has no API for these).
 """
 
 from __future__ import annotations
 
+import datetime
 import io
 import logging
 import threading
@@ -26,6 +27,8 @@ from moto.ec2.models.instances import StateReason
 from moto.moto_server.threaded_moto_server import MotoRequestHandler
 from moto.server import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
+
+from tests.cloud_support.served import Served
 
 ERROR = (
     '<?xml version="1.0" encoding="UTF-8"?><Response><Errors><Error><Code>{code}</Code>'
@@ -85,30 +88,18 @@ class Faults:
         return None
 
 
-class FakeEc2:
+class FakeEc2(Served):
     """Start with `start()`; point boto3 at `endpoint`; `stop()` at the end."""
 
     def __init__(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.faults = Faults()
         self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(
-            "127.0.0.1", 0, self._app, threaded=True, request_handler=MotoRequestHandler
+        self._serve(
+            make_server(
+                "127.0.0.1", 0, self._app, threaded=True, request_handler=MotoRequestHandler
+            )
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeEc2:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(10)
 
     def reset(self) -> None:
         """Forget every instance, key pair and group (moto's reset) and every fault."""
@@ -148,3 +139,8 @@ class FakeEc2:
         """The instance is no longer listed at all (AWS forgets terminated ones)."""
         for reservation in self._backend(region).reservations.values():
             reservation.instances = [i for i in reservation.instances if i.id != instance_id]
+
+    def age(self, region: str, instance_id: str, seconds: float) -> None:
+        """The instance was launched `seconds` earlier than it was."""
+        instance = self._backend(region).get_instance(instance_id)
+        instance.launch_time -= datetime.timedelta(seconds=seconds)

@@ -6,7 +6,8 @@ get/wait, setLabels (with its fingerprint check), with injectable faults as GCE 
   (HTTP 503 on the operation), by machine type and zone;
 - quota: HTTP 403 QUOTA_EXCEEDED on the insert call itself;
 - rate limits: HTTP 403 rateLimitExceeded on every n-th call of a method;
-- preemption: a test hook turns a spot instance TERMINATED (or deletes it).
+- preemption: a test hook turns a spot instance TERMINATED (or deletes it); others change an
+  instance's status, labels or creation time as a console user or GCE itself would.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ import threading
 import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.cloud_support.served import Served
 
 PREFIX = "/compute/v1/projects/"
 _FILTER = re.compile(r'labels\.([a-z0-9_-]+)\s*(?:=\s*"([^"]*)"|:\s*\*)')
@@ -73,28 +77,20 @@ def _fingerprint(labels: dict[str, str]) -> str:
     return base64.b64encode(digest[:8]).decode()
 
 
-class FakeGce:
+def _timestamp(when: datetime) -> str:
+    """As GCE writes its timestamps: RFC 3339 with milliseconds and the offset."""
+    return when.isoformat(timespec="milliseconds")
+
+
+class FakeGce(Served):
     """Start with `start()`; point the client at `endpoint`; `stop()` at the end."""
 
     def __init__(self) -> None:
         self.state = State()
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def start(self) -> FakeGce:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        self._serve(server)
 
     def reset(self) -> None:
         with self.state.lock:
@@ -113,6 +109,23 @@ class FakeGce:
                 del self.state.instances[(zone, name)]
             else:
                 self.state.instances[(zone, name)]["status"] = "TERMINATED"
+
+    def set_status(self, zone: str, name: str, status: str) -> None:
+        with self.state.lock:
+            self.state.instances[(zone, name)]["status"] = status
+
+    def drop_label(self, zone: str, name: str, key: str) -> None:
+        with self.state.lock:
+            instance = self.state.instances[(zone, name)]
+            instance["labels"].pop(key, None)
+            instance["labelFingerprint"] = _fingerprint(instance["labels"])
+
+    def age(self, zone: str, name: str, seconds: float) -> None:
+        """The instance was created `seconds` earlier than it was."""
+        with self.state.lock:
+            instance = self.state.instances[(zone, name)]
+            created = datetime.fromisoformat(instance["creationTimestamp"])
+            instance["creationTimestamp"] = _timestamp(created - timedelta(seconds=seconds))
 
     # ---- the API --------------------------------------------------------------------------
 
@@ -204,7 +217,7 @@ class FakeGce:
             "zone": f"{self.endpoint}{PREFIX}{project}/zones/{zone}",
             "status": "RUNNING",
             "labelFingerprint": _fingerprint(body.get("labels") or {}),
-            "creationTimestamp": "2025-01-01T00:00:00.000-08:00",
+            "creationTimestamp": _timestamp(datetime.now(UTC)),
             "networkInterfaces": [
                 {
                     "networkIP": f"10.128.{n // 250}.{n % 250 + 2}",

@@ -4,6 +4,7 @@ official `kubernetes` client and `kubectl get` use, with a tiny scheduler and a 
     api = FakeApiServer().start()
     api.cluster.add_node("gpu-1", gpus=8, labels={"nvidia.com/gpu.product": "NVIDIA-H100"})
     write_kubeconfig(path, {"ctx-a": api.url})
+    api.cluster.exec_runner = processes_in(tmp)  # optional: execs run for real (pod_exec)
     ...
     api.stop()
 """

@@ -2,15 +2,18 @@
 free cpu/memory/GPUs that satisfies its nodeSelector, required node affinity and taints, or
 marks it Unschedulable with a FailedScheduling event) and a simulated kubelet that cannot run
 containers, so tests script what happens: finish a pod with an exit code, evict it, lose a
-node, mark a readiness probe passed, set its log, answer an exec.
+node, mark a readiness probe passed, set its log, answer an exec (scripted by `exec_handler`,
+or run for real as a process on this machine by `exec_runner`, see `tests.k8s_server.pod_exec`).
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import subprocess
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tests.k8s_server.store import ApiError, Obj, ObjectStore, now_iso
@@ -23,6 +26,19 @@ _SUFFIX = {
 _QUANTITY = re.compile(r"^([0-9.]+)([A-Za-z]*)$")
 
 ExecHandler = Callable[[Obj, list[str]], tuple[int, str]]
+
+
+@dataclass(frozen=True)
+class PodProcess:
+    """An exec's command running as a process (leading a process group of its own): its
+    stdin/stdout/stderr are pipes, or with `tty` all three are a terminal whose controller
+    end is `tty`."""
+
+    proc: subprocess.Popen[bytes]
+    tty: int | None = None
+
+
+ExecRunner = Callable[[Obj, list[str], bool], PodProcess]  # (pod, command, tty)
 
 
 def quantity(text: Any) -> float:
@@ -99,6 +115,7 @@ class FakeCluster:
         self.pod_ip = pod_ip  # every pod gets this IP (e.g. 127.0.0.1); else 10.0.0.<n>
         self.auto_run = True  # bound pods start Running at once
         self.exec_handler: ExecHandler = lambda pod, command: (0, "")
+        self.exec_runner: ExecRunner | None = None  # set: execs run for real, streamed
         self.logs: dict[tuple[str, str], str] = {}
         self._ips = itertools.count(10)
         store.create("namespaces", "", {"metadata": {"name": "default"}})

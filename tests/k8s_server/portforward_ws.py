@@ -15,52 +15,21 @@ import socket
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler
-from typing import BinaryIO
 
-from tests.k8s_server.exec_ws import _frame, handshake
+from tests.k8s_server.exec_ws import BINARY, CLOSE, PING, PONG, Sender, handshake, read_frame
 
 POD_HOST = "127.0.0.1"  # where a pod's ports are
 CONNECT_TIMEOUT_S = 5.0
-CLOSE, PING, PONG, BINARY = 0x8, 0x9, 0xA, 0x2
-
-
-def read_frame(rfile: BinaryIO) -> tuple[int, bytes] | None:
-    """One (masked, client-to-server) frame's opcode and payload; None at end of stream.
-    Fragmented messages are not expected: the client sends every chunk as one frame."""
-    head = rfile.read(2)
-    if len(head) < 2:
-        return None
-    opcode, length = head[0] & 0x0F, head[1] & 0x7F
-    if length == 126:
-        (length,) = struct.unpack(">H", rfile.read(2))
-    elif length == 127:
-        (length,) = struct.unpack(">Q", rfile.read(8))
-    mask = rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
-    payload = rfile.read(length)
-    if len(payload) < length:
-        return None
-    return opcode, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class _Session:
     def __init__(self, handler: BaseHTTPRequestHandler, ports: list[int]) -> None:
-        self._out = handler.wfile
         self._in = handler.rfile
         self._lock = threading.Lock()
         self._ports = ports
         self._targets: dict[int, socket.socket] = {}  # data channel -> connection
         self._open = 0
-        self._closed = False
-
-    def send(self, opcode: int, payload: bytes) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            if opcode == CLOSE:
-                self._closed = True
-            with contextlib.suppress(OSError):
-                self._out.write(_frame(opcode, payload))
-                self._out.flush()
+        self.send = Sender(handler.wfile).send
 
     def run(self) -> None:
         for ix, port in enumerate(self._ports):
@@ -83,6 +52,10 @@ class _Session:
             self._read_client()
         finally:
             for conn in self._targets.values():
+                # shutdown first: a close alone neither wakes the pump blocked in recv() on
+                # it nor sends the pod's end its FIN while that recv() holds the socket.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     conn.close()
 

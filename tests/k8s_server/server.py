@@ -103,6 +103,11 @@ class Route:
             raise ApiError(404, "NotFound", f"{self.plural} need a namespace: {path}")
 
 
+def _flag(query: dict[str, list[str]], name: str) -> bool:
+    """A boolean query parameter as the API server parses it (`true`, `True`, `1`)."""
+    return (query.get(name) or ["false"])[0].lower() in ("true", "1")
+
+
 class FakeApiServer:
     """Serves one fake cluster on 127.0.0.1 at an ephemeral port until `stop()`."""
 
@@ -280,8 +285,14 @@ class _Handler(BaseHTTPRequestHandler):
         pod = self.api.store.get("pods", route.namespace or "", str(route.name))
         if pod.get("status", {}).get("phase") != "Running":
             raise ApiError(400, "BadRequest", "container not found (pod is not running)")
-        code, output = self.api.cluster.exec_handler(pod, query.get("command", []))
-        exec_ws.serve(self, code, output)
+        command = query.get("command", [])
+        runner = self.api.cluster.exec_runner
+        if runner is None:
+            code, output = self.api.cluster.exec_handler(pod, command)
+            exec_ws.serve(self, code, output)
+        else:
+            process = runner(pod, command, _flag(query, "tty"))
+            exec_ws.stream(self, process, _flag(query, "stdin"))
         self.close_connection = True
 
     def _portforward(self, route: Route, query: dict[str, list[str]]) -> None:

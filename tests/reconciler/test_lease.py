@@ -33,11 +33,14 @@ def test_the_lock_is_renewed_past_its_lease_and_released_after(tmp_path: Path) -
 
 
 def test_a_second_apply_is_refused_naming_the_holder(tmp_path: Path) -> None:
-    with _opener(tmp_path) as store, _opener(tmp_path) as other:
-        with locked(store, "apply", lambda: _opener(tmp_path), lease_s=60):
-            with pytest.raises(click.ClickException, match="skyform state unlock"):
-                with locked(other, "apply", lambda: _opener(tmp_path)):
-                    pass
+    with (
+        _opener(tmp_path) as store,
+        _opener(tmp_path) as other,
+        locked(store, "apply", lambda: _opener(tmp_path), lease_s=60),
+        pytest.raises(click.ClickException, match="skyform state unlock"),
+        locked(other, "apply", lambda: _opener(tmp_path)),
+    ):
+        pass
 
 
 def test_writes_after_the_lock_was_broken_and_taken_are_refused(tmp_path: Path) -> None:

@@ -160,3 +160,29 @@ def test_an_existing_client_key_is_kept_and_authorized(tmp_path: Path) -> None:
     assert private.read_bytes() == before
     assert keys.authorized_keys.read_text() == public.decode() + "\n"
     assert (tmp_path / "ssh" / "id_ed25519.pub").read_text().startswith(public.decode())
+
+
+def test_one_key_maker_for_clouds_and_openssh_even_when_racing(tmp_path: Path) -> None:
+    """`ssh.ensure_key` (the cloud providers' launches) and `ensure_keys` (ssh config, proxies)
+    make and share one client key: racing threads (each takes the lock as a process does) end
+    with one key, its `.pub` and authorized_keys agreeing with it, and no temporary file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from applier.interactive_ssh import ensure_keys
+    from applier.providers import ssh
+
+    def make(i: int) -> str:
+        if i % 2:
+            return ssh.ensure_key(tmp_path)[1]
+        keys = ensure_keys(tmp_path)
+        return keys.authorized_keys.read_text().strip() + " skyform"
+
+    with ThreadPoolExecutor(8) as pool:
+        lines = set(pool.map(make, range(16)))
+    directory = tmp_path / "ssh"
+    (line,) = lines
+    assert line.startswith("ssh-ed25519 ") and line.endswith(" skyform")
+    assert (directory / "id_ed25519.pub").read_text() == line + "\n"
+    assert (directory / "id_ed25519").stat().st_mode & 0o777 == 0o600
+    assert (directory / "host_ed25519_key").stat().st_mode & 0o777 == 0o600
+    assert not [p.name for p in directory.iterdir() if p.name.startswith(".") and p.name != ".lock"]

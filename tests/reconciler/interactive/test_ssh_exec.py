@@ -3,20 +3,16 @@ real shells in the nodes' directories, their exit codes, and bytes relayed to a 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import selectors
-import signal
-import socket
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from applier.interactive import Activity, keep_active
-from tests.reconciler.interactive.conftest import CLI_TIMEOUT_S, Cluster
+from tests.reconciler.interactive.conftest import (
+    CLI_TIMEOUT_S,
+    Cluster,
+    cli_on_a_terminal,
+    port_forward,
+    round_trip,
+)
 
 
 def test_exec_runs_in_the_node_directory_and_returns_the_exit_code(cluster: Cluster) -> None:
@@ -83,66 +79,10 @@ def test_status_shows_how_to_connect(cluster: Cluster) -> None:
     assert "CONNECT" in done.stdout and "skyform ssh cluster.x" in done.stdout
 
 
-@pytest.fixture
-def echo_server() -> Iterator[int]:
-    """A TCP echo server on a loopback port: the node's service (local nodes share loopback)."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                conn.settimeout(CLI_TIMEOUT_S)
-                while data := conn.recv(4096):
-                    conn.sendall(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
-
-
-def _first_line(proc: subprocess.Popen[str]) -> str:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=CLI_TIMEOUT_S):
-            raise AssertionError("port-forward printed nothing")
-    return proc.stdout.readline()
-
-
 def test_port_forward_relays_bytes_to_the_node_port(cluster: Cluster, echo_server: int) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reconciler.cli", "port-forward", "x", f"0:{echo_server}"],
-        env=cluster.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = _first_line(proc)
-        assert line.startswith("Forwarding 127.0.0.1:"), line + (
-            proc.stderr.read() if proc.poll() is not None else ""
-        )
-        local = int(line.split("127.0.0.1:")[1].split()[0])
+    with port_forward(cluster.env(), "x", echo_server) as local:
         for payload in (b"ping", b"x" * 200_000):
-            with socket.create_connection(("127.0.0.1", local), timeout=CLI_TIMEOUT_S) as conn:
-                conn.sendall(payload)
-                conn.shutdown(socket.SHUT_WR)
-                received = b""
-                while chunk := conn.recv(65536):
-                    received += chunk
-            assert received == payload
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=CLI_TIMEOUT_S) == 0
+            assert round_trip(local, payload) == payload
 
 
 def test_an_open_session_keeps_noting_activity() -> None:
@@ -160,32 +100,6 @@ def test_an_open_session_keeps_noting_activity() -> None:
 
 
 def test_ssh_gives_the_shell_a_terminal_when_stdin_is_one(cluster: Cluster) -> None:
-    controller, terminal = os.openpty()
-    try:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "reconciler.cli",
-                "ssh",
-                "x",
-                "--",
-                "test -t 0 && echo on-a-tty",
-            ],
-            stdin=terminal,
-            stdout=terminal,
-            stderr=terminal,
-            env=cluster.env(),
-        )
-        assert proc.wait(timeout=CLI_TIMEOUT_S) == 0
-        os.close(terminal)
-        terminal = -1
-        output = b""
-        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
-            while chunk := os.read(controller, 4096):
-                output += chunk
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
+    code, output = cli_on_a_terminal(cluster.env(), "ssh", "x", "--", "test -t 0 && echo on-a-tty")
+    assert code == 0, output
     assert b"on-a-tty" in output
