@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,13 +66,31 @@ class SqliteDb:
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open state file {path}: {exc}") from exc
         try:
-            self.execute("PRAGMA journal_mode=WAL")
+            self._wal(busy_timeout)
             # FULL: a committed apply step survives power loss too, not just a killed process;
             # the store commits once per provider action, so the fsync cost does not matter.
             self.execute("PRAGMA synchronous=FULL")
         except BaseException:
             self._conn.close()
             raise
+
+    def _wal(self, busy_timeout: float) -> None:
+        """Switch to WAL. SQLite may answer SQLITE_BUSY at once, without its busy handler, when
+        processes open a new file together (found by the racing-openers test), so retry here
+        within the same busy timeout."""
+        deadline = time.monotonic() + busy_timeout
+        delay = 0.01
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise _translate_sqlite(exc, self.description) from exc
+                if time.monotonic() + delay > deadline:
+                    raise _translate_sqlite(exc, self.description) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     def execute(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         try:

@@ -61,6 +61,25 @@ def service_task(spec: ControllerSpec) -> tuple[Task, Service]:
     return task, task.service
 
 
+DEFAULT_REPLICA_PORT = 8080  # a service that names no port, as on Kubernetes
+
+
+def replica_port(task: Task, cloud: str) -> int:
+    """The port a replica serves on. Replicas on this machine share its loopback, so each gets
+    a free port of its own (as `$PORT`); a replica elsewhere has a host or pod to itself and
+    serves on the port the task declares (`service.ports`, else a single `resources.ports`),
+    as SkyPilot's replicas do, with `$PORT` set to it too."""
+    if cloud == "local":
+        return free_port()
+    svc = task.service
+    if svc is not None and svc.ports:
+        return int(svc.ports)
+    declared = task.resources.ports or ()
+    if len(declared) == 1 and declared[0].isdigit():
+        return int(declared[0])
+    return DEFAULT_REPLICA_PORT
+
+
 def free_port() -> int:
     """A port nothing listens on now (the kernel's pick for port 0 on loopback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -164,7 +183,7 @@ def launch_replica(
             task=order.task,
             placement=placement,
             num_nodes=order.task.num_nodes,
-            ports=(free_port(),),
+            ports=(replica_port(order.task, placement.cloud),),
             base_dir=order.base_dir,
             replica_id=order.replica_id,
         )

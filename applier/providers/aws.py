@@ -132,7 +132,7 @@ class AwsProvider(SshNodesProvider[Instances]):
             "MinCount": req.num_nodes,  # all nodes or none: a gang
             "MaxCount": req.num_nodes,
             "KeyName": region.key_pair(public),
-            "SecurityGroupIds": [region.security_group(req.ports)],
+            "SecurityGroupIds": [region.security_group(cloud_nodes.port_ranges(req))],
             "TagSpecifications": [
                 {"ResourceType": "instance", "Tags": tags},
                 {"ResourceType": "volume", "Tags": tags[:2]},

@@ -15,7 +15,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import boto3
@@ -190,14 +190,15 @@ class Region:
             self._keys[name] = name
         return name
 
-    def security_group(self, ports: tuple[int, ...]) -> str:
-        """The `skyform` group in the default VPC: SSH, the given ports, and the group itself."""
+    def security_group(self, ports: Sequence[tuple[int, int]]) -> str:
+        """The `skyform` group in the default VPC: SSH, the given port ranges (first, last),
+        and the group itself."""
         with self._lock:
             if self._group is None:
                 self._group = self._find_or_create_group()
                 self._authorize(self._group, [_tcp(22, 22), _self(self._group)])
             if ports:
-                self._authorize(self._group, [_tcp(p, p) for p in sorted(set(ports))])
+                self._authorize(self._group, [_tcp(lo, hi) for lo, hi in ports])
             return self._group
 
     def _find_or_create_group(self) -> str:

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from applier.provider import JobState, LaunchRequest, LogFile, ObservedNode, Placement
+from applier.provider import (
+    JobState,
+    LaunchRequest,
+    LogFile,
+    ObservedNode,
+    Placement,
+    ResourceKind,
+)
 from applier.providers import local_files as files
 from applier.providers import ssh, ssh_node
 from applier.providers.ssh_node import NodeState
@@ -63,6 +70,22 @@ class Nodes:
             return list(pool.map(one, range(len(self.targets))))
 
 
+def port_ranges(req: LaunchRequest) -> list[tuple[int, int]]:
+    """The ports a resource's instances open: the request's (a service replica's assigned
+    port) and the task's `resources.ports` (`"8080"`, `"10000-10010"`), sorted and merged."""
+    spans = [(p, p) for p in req.ports]
+    for text in req.task.resources.ports or ():
+        first, _, last = str(text).partition("-")
+        spans.append((int(first), int(last or first)))
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
 def node_envs(
     req: LaunchRequest, cloud: str, ips: list[str], now: float
 ) -> list[tuple[dict[str, str], dict[str, str]]]:
@@ -72,10 +95,12 @@ def node_envs(
     base = files.base_env(req)
     info = _cluster_info(str(meta["cluster_name"]), cloud, req.placement)
     joined = "\n".join(ips)
+    # A service replica serves on its assigned port ($PORT), as on this machine.
+    port = req.ports[0] if req.kind == ResourceKind.SERVICE_REPLICA and req.ports else None
     out = []
     for rank in range(req.num_nodes):
-        setup = {**base, **files.skypilot_env(meta, rank, "setup", None)}
-        run = {**base, **files.skypilot_env(meta, rank, "run", None)}
+        setup = {**base, **files.skypilot_env(meta, rank, "setup", port)}
+        run = {**base, **files.skypilot_env(meta, rank, "run", port)}
         setup |= {"SKYPILOT_SETUP_NODE_IPS": joined, "SKYPILOT_CLUSTER_INFO": info}
         run |= {"SKYPILOT_NODE_IPS": joined, "SKYPILOT_CLUSTER_INFO": info}
         out.append((setup, run))

@@ -10,6 +10,13 @@ and sanitized address, found again by one aggregated list; setup and run over SS
   a standard instance lost outside Skyform NODE_LOST.
 - Deleted resources are remembered under `<home>/gcp/gone/`, since GCE lists an instance for a
   while as it is deleted.
+- Ports: a resource with ports (a service replica's assigned port, the task's `resources.ports`)
+  gets the VPC firewall rule `skyform-<id8>-ports` for its instances' network tag
+  (`gcp_spec.firewall_body`), made before its first instance is inserted and deleted with its
+  instances (a launch that fails leaves none). A relaunch that adopts the instances adopts the
+  rule too: patched to the request's ports, made again when missing, deleted when the request
+  has none, and the tag added to instances that lack it. SSH (22) is left to the network's
+  own rules, as before (`default-allow-ssh` on the `default` network).
 - Activity and autostop are instance labels (`cloud_nodes.ACTIVITY_KEY`, `AUTOSTOP_KEY`), read
   from the same list that finds the instances; a relaunch that adopts the instances with
   another autostop rewrites or removes it (setLabels on each instance that differs).
@@ -20,6 +27,7 @@ and sanitized address, found again by one aggregated list; setup and run over SS
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -33,7 +41,7 @@ from applier.providers import gcp_compute, gcp_spec, ssh
 from applier.providers import local_files as files
 from applier.providers.gcp_instances import Instances, group_by_id, label, zone_of
 from applier.providers.ssh_provider import SshNodesProvider
-from schema.errors import CapacityError, ProviderError
+from schema.errors import CapacityError, ProviderError, SkyformError
 
 
 class GcpProvider(SshNodesProvider[Instances]):
@@ -65,11 +73,29 @@ class GcpProvider(SshNodesProvider[Instances]):
             raise ProviderError(f"{req.address}: a gcp placement needs a region or zone")
 
     def _adoptable(self, req: LaunchRequest) -> Instances | None:
+        """The instances an earlier launch left, with their firewall rule brought up to date."""
         found = self.compute.owned({"skyform-id": label(req.skyform_id)})
         group = group_by_id(found, self._gone()).get(label(req.skyform_id))
-        return group if group is not None and group.alive_or_pending() else None
+        if group is None or not group.alive_or_pending():
+            return None
+        self._adopt_ports(req, group)
+        return group
 
     def _create(self, req: LaunchRequest) -> Instances:
+        """The ports opened first (so they are open once an instance is reachable), then the
+        instances; a launch that fails leaves no rule either."""
+        opened = bool(gcp_spec.firewall_ports(req))
+        if opened:
+            self._open_ports(req)
+        try:
+            return self._create_in_zones(req)
+        except BaseException:
+            if opened:  # nothing of this id runs: the rule would serve none
+                with contextlib.suppress(SkyformError):  # the launch's own error matters
+                    self.compute.delete_firewall(gcp_spec.firewall_name(req.skyform_id))
+            raise
+
+    def _create_in_zones(self, req: LaunchRequest) -> Instances:
         """Every node in the placement's zone, or in each default zone of the region in turn."""
         p = req.placement
         zones = [p.zone] if p.zone else [f"{p.region}-{z}" for z in "abcf"]
@@ -118,6 +144,23 @@ class GcpProvider(SshNodesProvider[Instances]):
 
     def _discard(self, req: LaunchRequest, group: Instances) -> None:
         self._delete(group.items, req.skyform_id)
+
+    # ---- ports ----------------------------------------------------------------------------
+
+    def _open_ports(self, req: LaunchRequest) -> None:
+        body = gcp_spec.firewall_body(req, self._settings, self.compute.project)
+        self.compute.ensure_firewall(body)
+
+    def _adopt_ports(self, req: LaunchRequest, group: Instances) -> None:
+        """Adopted instances get the request's rule (and their tag, when an older Skyform
+        launched them without it), or lose a rule the request no longer wants."""
+        if not gcp_spec.firewall_ports(req):
+            self.compute.delete_firewall(gcp_spec.firewall_name(req.skyform_id))
+            return
+        self._open_ports(req)
+        tag = gcp_spec.network_tag(req.skyform_id)
+        for instance in group.items:
+            self.compute.set_tags(zone_of(instance), instance, [tag])
 
     def _remember(self, handle: Handle) -> None:
         launched = self._root / "launched"
@@ -171,6 +214,7 @@ class GcpProvider(SshNodesProvider[Instances]):
         self._delete([*known, *found], handle.skyform_id)
 
     def _delete(self, instances: list[dict[str, Any]], skyform_id: str | None) -> None:
+        """Delete the instances; with the resource's id (all of it goes), its rule as well."""
         if skyform_id is not None:
             self._mark_gone(label(skyform_id))
             (self._root / "launched" / f"{label(skyform_id)}.json").unlink(missing_ok=True)
@@ -180,6 +224,8 @@ class GcpProvider(SshNodesProvider[Instances]):
             if key not in done:
                 done.add(key)
                 self.compute.act("delete", *key, wait=False)
+        if skyform_id is not None:  # a rule already gone (or never made) is fine
+            self.compute.delete_firewall(gcp_spec.firewall_name(skyform_id))
 
     # ---- the instances --------------------------------------------------------------------
 

@@ -1,10 +1,14 @@
 """google-cloud-compute for the GCP provider: credentials and project, clients (optionally at an
-emulator's endpoint), GCE errors translated into Skyform's, and the instance calls it makes.
+emulator's endpoint), GCE errors translated into Skyform's, and the instance and firewall calls
+it makes.
 
-Unary calls plus an explicit wait on a `ZoneOperationsClient` built with the same endpoint: the
-library's ExtendedOperation polls through a client of its own that ignores `client_options`.
+Unary calls plus an explicit wait on a `ZoneOperationsClient` (instances) or
+`GlobalOperationsClient` (firewall rules) built with the same endpoint: the library's
+ExtendedOperation polls through a client of its own that ignores `client_options`.
 The library's retries are off (`retry=None`): `call` retries rate limits itself with backoff
 and raises TransientError once its budget is spent; stockouts and quota errors surface at once.
+A firewall rule is project-wide, so its quota errors are ProviderErrors, not capacity: no other
+zone or region would take it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ QUOTA_HINT = (
     "raise the quota in the Cloud console (IAM & Admin > Quotas, e.g. CPUS or "
     "NVIDIA_*_GPUS for {region}, or GPUS_ALL_REGIONS), or let Skyform fail over elsewhere"
 )
+FIREWALL_QUOTA_HINT = (
+    "a firewall rule is project-wide, so no other zone or region helps: raise the FIREWALLS "
+    "quota in the Cloud console (IAM & Admin > Quotas), or delete rules nothing uses "
+    "(`gcloud compute firewall-rules list`)"
+)
 AUTH_FIX = "run `gcloud auth application-default login`"
+GLOBAL = "global"  # where a project-wide call is, in errors: GCE's word for it
 CALL_ATTEMPTS = 6
 BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
@@ -104,10 +114,22 @@ def classify(codes: list[str], message: str) -> str:
     return "other"
 
 
-def translate(codes: list[str], message: str, zone: str, placement: Placement | None) -> Exception:
+def translate(
+    codes: list[str],
+    message: str,
+    zone: str,
+    placement: Placement | None,
+    project_wide: str | None = None,
+) -> Exception:
+    """The Skyform error for a GCE error in `zone`; `project_wide` names a project-wide resource
+    (a firewall rule) whose quota or capacity errors are ProviderErrors."""
     region = zone.rsplit("-", 1)[0]
     code = ",".join(c for c in codes if c) or "error"
     kind = classify(codes, message)
+    if project_wide is not None and kind in ("quota", "capacity"):
+        return ProviderError(
+            f"GCP refused {project_wide} ({kind}, {code}): {message}; {FIREWALL_QUOTA_HINT}"
+        )
     if kind == "quota":
         hint = QUOTA_HINT.format(region=region)
         return CapacityError(
@@ -121,14 +143,16 @@ def translate(codes: list[str], message: str, zone: str, placement: Placement | 
     return ProviderError(f"GCP {zone}: {message}")
 
 
-def _translate_exc(exc: Exception, zone: str, placement: Placement | None) -> Exception:
+def _translate_exc(
+    exc: Exception, zone: str, placement: Placement | None, project_wide: str | None
+) -> Exception:
     if isinstance(exc, gexc.TooManyRequests | gexc.ServiceUnavailable):
         return TransientError(f"GCP is busy in {zone}: {exc}", 2.0)
     if isinstance(exc, gexc.Unauthenticated | google.auth.exceptions.GoogleAuthError):
         return ProviderError(f"GCP refused the credentials: {exc}; {AUTH_FIX}")
     if isinstance(exc, gexc.GoogleAPICallError):
         message = str(getattr(exc, "message", None) or exc)
-        return translate(_error_codes(exc), message, zone, placement)
+        return translate(_error_codes(exc), message, zone, placement, project_wide)
     return TransientError(f"cannot reach GCP in {zone}: {exc}", 5.0)
 
 
@@ -150,8 +174,10 @@ class Compute:
         url = endpoint(settings)
         opts = ClientOptions(api_endpoint=url) if url else None
         self.instances = compute_v1.InstancesClient(credentials=creds, client_options=opts)
-        # The same endpoint as the instances client: see the module docstring.
+        self.firewalls = compute_v1.FirewallsClient(credentials=creds, client_options=opts)
+        # The same endpoint as the other clients: see the module docstring.
         self.ops = compute_v1.ZoneOperationsClient(credentials=creds, client_options=opts)
+        self.global_ops = compute_v1.GlobalOperationsClient(credentials=creds, client_options=opts)
         self.op_timeout = float(settings.get("operation_timeout_s", 600.0))
 
     def call(
@@ -161,10 +187,11 @@ class Compute:
         placement: Placement | None = None,
         missing_ok: bool = False,
         conflict_ok: bool = False,
+        project_wide: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """One call, retrying rate limits with full-jitter backoff; a 404 (or a 409) is None
-        when allowed."""
+        when allowed. `project_wide`: see `translate`."""
         for attempt in range(CALL_ATTEMPTS):
             try:
                 return fn(retry=None, timeout=TIMEOUT_S, **kwargs)
@@ -177,7 +204,7 @@ class Compute:
                     return None
                 raise ProviderError(f"GCP {where}: {exc.message}") from None
             except Exception as exc:
-                err = _translate_exc(exc, where, placement)
+                err = _translate_exc(exc, where, placement, project_wide)
                 if not isinstance(err, TransientError) or attempt + 1 == CALL_ATTEMPTS:
                     raise err from exc
                 time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
@@ -185,20 +212,42 @@ class Compute:
 
     def wait(self, zone: str, operation: str, placement: Placement | None = None) -> None:
         """Until the zone operation is DONE; its error becomes a Skyform error."""
+        self._wait(self.ops.wait, zone, operation, placement, None, zone=zone)
+
+    def wait_global(self, operation: str, project_wide: str) -> None:
+        """Until the global operation (on `project_wide`, a firewall rule) is DONE."""
+        self._wait(self.global_ops.wait, GLOBAL, operation, None, project_wide)
+
+    def _wait(
+        self,
+        fn: Callable[..., Any],
+        where: str,
+        operation: str,
+        placement: Placement | None,
+        project_wide: str | None,
+        **scope: Any,
+    ) -> None:
+        # GCE's wait returns when the operation is done or after about two minutes.
         deadline = time.monotonic() + self.op_timeout
         while True:
             op = self.call(
-                self.ops.wait, zone, placement, project=self.project, zone=zone, operation=operation
+                fn,
+                where,
+                placement,
+                project_wide=project_wide,
+                project=self.project,
+                operation=operation,
+                **scope,
             )
             if op.status == compute_v1.Operation.Status.DONE:
                 break
             if time.monotonic() > deadline:
-                raise ProviderError(f"GCP {zone}: operation {operation} not done in time")
+                raise ProviderError(f"GCP {where}: operation {operation} not done in time")
         errors = list(op.error.errors) if op.error else []
         if errors:
             codes = [e.code for e in errors]
             message = "; ".join(e.message for e in errors)
-            raise translate(codes, message, zone, placement)
+            raise translate(codes, message, where, placement, project_wide)
 
     def insert(self, zone: str, body: dict[str, Any], placement: Placement) -> None:
         """Create one instance and wait for it; an existing one (a retried launch) is fine."""
@@ -271,3 +320,83 @@ class Compute:
         op = self.call(fn, zone, missing_ok=True, project=self.project, zone=zone, instance=name)
         if op is not None and wait:
             self.wait(zone, op.name)
+
+    def set_tags(self, zone: str, instance: dict[str, Any], tags: list[str]) -> None:
+        """Add `tags` to the instance's network tags, with the fingerprint GCE requires;
+        nothing is called when it has them all."""
+        current = dict(instance.get("tags") or {})
+        items = list(current.get("items") or [])
+        wanted = items + [t for t in tags if t not in items]
+        if wanted == items:
+            return
+        body = compute_v1.Tags(items=wanted, fingerprint=current.get("fingerprint", ""))
+        op = self.call(
+            self.instances.set_tags_unary,
+            zone,
+            project=self.project,
+            zone=zone,
+            instance=instance["name"],
+            tags_resource=body,
+        )
+        self.wait(zone, op.name)
+
+    # ---- firewall rules (global) ------------------------------------------------------------
+
+    def get_firewall(self, name: str) -> dict[str, Any] | None:
+        found = self.call(
+            self.firewalls.get,
+            GLOBAL,
+            missing_ok=True,
+            project_wide=f"firewall rule {name}",
+            project=self.project,
+            firewall=name,
+        )
+        return None if found is None else to_dict(found)
+
+    def ensure_firewall(self, body: dict[str, Any]) -> None:
+        """The rule as `body` says: inserted, or an existing one (a retried or earlier launch,
+        or one that won a race) adopted and patched where it differs; nothing is called past
+        the first get when it already agrees. Its network cannot change, so is not compared."""
+        name, what = str(body["name"]), f"firewall rule {body['name']}"
+        found = self.get_firewall(name)
+        if found is None:
+            op = self.call(
+                self.firewalls.insert_unary,
+                GLOBAL,
+                conflict_ok=True,
+                project_wide=what,
+                project=self.project,
+                firewall_resource=compute_v1.Firewall.from_json(json.dumps(body)),
+            )
+            if op is not None:
+                self.wait_global(op.name, what)
+                return
+            found = self.get_firewall(name)  # inserted meanwhile by another launch
+            if found is None:
+                raise TransientError(f"GCP {what} was made and deleted meanwhile; retry", 2.0)
+        changed = {k: v for k, v in body.items() if k != "network" and found.get(k) != v}
+        if not changed:
+            return
+        op = self.call(
+            self.firewalls.patch_unary,
+            GLOBAL,
+            project_wide=what,
+            project=self.project,
+            firewall=name,
+            firewall_resource=compute_v1.Firewall.from_json(json.dumps(changed)),
+        )
+        self.wait_global(op.name, what)
+
+    def delete_firewall(self, name: str) -> None:
+        """Delete the rule and wait for it; one already gone is fine."""
+        what = f"firewall rule {name}"
+        op = self.call(
+            self.firewalls.delete_unary,
+            GLOBAL,
+            missing_ok=True,
+            project_wide=what,
+            project=self.project,
+            firewall=name,
+        )
+        if op is not None:
+            self.wait_global(op.name, what)

@@ -1,10 +1,16 @@
-"""The GCE instance resource (REST JSON) Skyform inserts for one node of a placement: machine
-type, guest accelerators, spot scheduling, boot image, labels (autostop among them), and the SSH
-key in metadata."""
+"""The GCE resources (REST JSON) Skyform inserts: the instance for one node of a placement
+(machine type, guest accelerators, spot scheduling, boot image, labels with autostop among them,
+the SSH key in metadata, network tags) and the VPC firewall rule that opens a resource's ports.
+
+Every instance carries the network tag `skyform` and one of its own resource's,
+`skyform-<id8>`; the rule `skyform-<id8>-ports` allows TCP from anywhere to that tag on the
+request's ports (a service replica's assigned port) and the task's `resources.ports` (numbers
+and ranges, merged), as SkyPilot opens a cluster's ports with one rule per cluster."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +41,46 @@ GPU_IMAGE = (
     "projects/deeplearning-platform-release/global/images/family/common-cu124-ubuntu-2204-py310"
 )
 DEFAULT_DISK_GB = 256
+DEFAULT_NETWORK = "global/networks/default"
+_NOT_NAME = re.compile(r"[^a-z0-9]")
+
+
+def network_tag(skyform_id: str) -> str:
+    """`skyform-<id8>`: the resource's own network tag (a valid GCE tag, as its rule's name is:
+    lowercase letters, digits and inner hyphens)."""
+    id8 = _NOT_NAME.sub("-", skyform_id.lower())[:8].strip("-") or "x"
+    return f"skyform-{id8}"
+
+
+def firewall_name(skyform_id: str) -> str:
+    return f"{network_tag(skyform_id)}-ports"
+
+
+def firewall_ports(req: LaunchRequest) -> list[str]:
+    """The ports to open, as GCE's `allowed[].ports` writes them; empty: no rule at all."""
+    return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in cloud_nodes.port_ranges(req)]
+
+
+def network_url(settings: Mapping[str, Any], project: str) -> str:
+    """The instances' network (setting `network`) as a firewall's `network` field names it."""
+    network = str(settings.get("network") or DEFAULT_NETWORK)
+    if "/" not in network:
+        return f"projects/{project}/global/networks/{network}"
+    return f"projects/{project}/{network}" if network.startswith("global/") else network
+
+
+def firewall_body(req: LaunchRequest, settings: Mapping[str, Any], project: str) -> dict[str, Any]:
+    """The rule that opens the resource's ports to its instances' tag, from anywhere."""
+    return {
+        "name": firewall_name(req.skyform_id),
+        "description": f"Skyform: the ports of {req.address} ({req.skyform_id})",
+        "network": network_url(settings, project),
+        "direction": "INGRESS",
+        "priority": 1000,
+        "allowed": [{"IPProtocol": "tcp", "ports": firewall_ports(req)}],
+        "sourceRanges": ["0.0.0.0/0"],
+        "targetTags": [network_tag(req.skyform_id)],
+    }
 
 
 def guest_accelerators(req: LaunchRequest, zone: str) -> list[dict[str, Any]]:
@@ -108,7 +154,7 @@ def instance_body(
         "name": instance_name(req.address, req.skyform_id, rank),
         "machineType": f"zones/{zone}/machineTypes/{p.instance_type}",
         "labels": labels,
-        "tags": {"items": ["skyform"]},
+        "tags": {"items": ["skyform", network_tag(req.skyform_id)]},
         "disks": [
             {
                 "boot": True,
@@ -121,7 +167,7 @@ def instance_body(
         ],
         "networkInterfaces": [
             {
-                "network": str(settings.get("network") or "global/networks/default"),
+                "network": str(settings.get("network") or DEFAULT_NETWORK),
                 "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}],
             }
         ],

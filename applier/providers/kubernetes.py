@@ -19,7 +19,9 @@ contexts of the search space, on the official `kubernetes` client.
   as PORT); its pod gets a readinessProbe from the readiness_probe, and its endpoint is
   `<pod IP>:<port>`, reachable from inside the cluster (Skyform's load balancer fronts it).
   Per namespace, a ClusterIP Service named after the service's address also selects its
-  replica pods (targetPort `serve`); it goes with the last replica there.
+  replica pods (targetPort `serve`): every replica launch claims it (and patches its port to
+  that version's), and it goes only when no replica is left there, even with launches and
+  terminates racing (kubernetes_replica_service).
 - skyform.yaml's `queue`, `image` and `schedule_timeout` are per context (ContextSettings)
   and override the constructor's.
 - Clusters cannot be stopped on Kubernetes (as in SkyPilot): stop/start raise ProviderError.
@@ -29,6 +31,11 @@ contexts of the search space, on the official `kubernetes` client.
 - Workdir and local file mounts: tarred and copied into every pod through exec once it runs
   (kubernetes_files); the bootstrap holds setup until they are in. Bucket mounts and git
   workdirs are not copied yet (fetch them in setup).
+- Setup re-run: the launch record holds the hash of the setup's inputs (local_files.setup_hash:
+  setup, envs, workdir, file_mounts). A cluster relaunched with another one (an in-place update)
+  keeps its pods: the files are copied again and the new setup runs in each pod through exec
+  (output in `setup.log`), then the pods record the new hash; a failed setup is a ProviderError
+  and the old hash stays, as on the local provider.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from applier.providers import kubernetes_exec as kexec
 from applier.providers import kubernetes_files as kfiles
 from applier.providers import kubernetes_gang as gang
 from applier.providers import kubernetes_pods as pods
+from applier.providers import kubernetes_replica_service as replica_service
 from applier.providers import kubernetes_status as kstatus
 from applier.providers.kubernetes_api import (
     Api,
@@ -68,7 +76,7 @@ from applier.providers.kubernetes_api import (
     status_code,
 )
 from applier.providers.kubernetes_capacity import GpuAvailability
-from applier.providers.local_files import base_env, task_id
+from applier.providers.local_files import base_env, setup_hash, task_id
 from schema.errors import CapacityError, ProviderError, SkyformError
 
 log = logging.getLogger(__name__)
@@ -207,11 +215,14 @@ class KubernetesProvider:
         prefix = pods.resource_name(req.address, req.skyform_id)
         existing = gang.list_pods(api, ns, pods.selector(req.skyform_id))
         meta = next((m for m in map(kstatus.launch_record, existing) if m), None)
+        new_hash = setup_hash(req)
         if meta is None:
-            meta = pods.handle_meta(req, task_id(req, datetime.now()), time.time())
+            meta = pods.handle_meta(req, task_id(req, datetime.now()), time.time(), new_hash)
         else:  # adopting: the request's autostop replaces the one the pods were launched with
             meta |= pods.autostop_record(req)
             self._update_autostop(api, ns, req, existing)
+        stale = self._stale_setup(req, existing, new_hash)
+        meta |= {"setup_hash": new_hash}  # what a pod made now runs in its bootstrap
         user_env = base_env(req)
         gpu_terms = self._gpu_terms(api, req) if req.placement.gpus_per_node else []
         try:
@@ -229,30 +240,34 @@ class KubernetesProvider:
             listed = gang.wait_scheduled(
                 api, ns, req, prefix, self._timeout_of(ctx), self._poll, self._wait_autoscaler
             )
-            if files:
-                listed = self._copy_files(api, ns, req, prefix, files, data)
+            fresh = [r for r in range(req.num_nodes) if r not in stale]  # the rest: re-run below
+            if files and fresh:
+                listed = self._copy_files(api, ns, req, prefix, files, data, fresh)
         except (CapacityError, ProviderError):
             self._delete(
                 api, ns, req.skyform_id, prefix, req.num_nodes
             )  # all or nothing: no half a gang
+            if req.kind == ResourceKind.SERVICE_REPLICA:
+                self._release_replica_service(api, ns, req.address, req.skyform_id)
             raise
         handle = kstatus.handle_from_pod(listed[0])
         if handle is None:
             raise ProviderError(f"{req.address}: pod {prefix}-0 lost its Skyform annotation")
+        if stale:  # a running cluster keeps its pods whatever happens here
+            self._rerun_setup(api, ns, req, prefix, stale, files, data, meta)
         if req.kind == ResourceKind.SERVICE_REPLICA:
             self._ensure_replica_service(api, ns, req)
         return handle
 
     def _ensure_replica_service(self, api: Api, ns: str, req: LaunchRequest) -> None:
-        """The service's ClusterIP Service, once a replica is placed (a failed launch leaves
-        none behind); an earlier replica's is kept as it is. Best effort: Skyform's load
-        balancer fronts the replica either way, so a refusal (say, no right to create
-        services) is logged, not a failed replica."""
-        service = pods.cluster_ip_service(req)
-        name = service["metadata"]["name"]
+        """The service's ClusterIP Service, claimed once a replica is placed (a failed launch
+        claims nothing): made, or patched to this version's ports (kubernetes_replica_service).
+        Best effort: Skyform's load balancer fronts the replica either way, so a refusal (say,
+        no right to patch services) is logged, not a failed replica."""
         try:
-            self._create(api, ns, "service", name, api.core.create_namespaced_service, service)
+            replica_service.claim(api, ns, req)
         except SkyformError as exc:
+            name = pods.replica_service_name(req.address)
             log.warning("%s: no ClusterIP Service %s in %s: %s", req.address, name, ns, exc)
 
     def _update_autostop(self, api: Api, ns: str, req: LaunchRequest, existing: list[Any]) -> None:
@@ -274,27 +289,94 @@ class KubernetesProvider:
         if req.num_nodes < 1:
             raise ProviderError(f"{req.address}: num_nodes must be at least 1")
 
-    def _copy_files(
-        self, api: Api, ns: str, req: LaunchRequest, prefix: str,
-        files: list[kfiles.Target], data: bytes,
-    ) -> list[Any]:  # fmt: skip
-        """Once every pod runs (bounded), the workdir and file mounts into each; setup waits
-        for them. The pods as listed last."""
+    # ---- setup re-run ---------------------------------------------------------------------
+
+    @staticmethod
+    def _stale_setup(req: LaunchRequest, existing: list[Any], new_hash: str) -> dict[int, Any]:
+        """The adopted pods of a cluster (by rank) whose recorded setup hash is not `new_hash`:
+        its setup, envs, workdir or file_mounts changed (an in-place update), so setup runs
+        again in them. A pod recorded without a hash (an older Skyform) counts as changed."""
+        if req.kind != ResourceKind.CLUSTER:
+            return {}
+        out = {}
+        for pod in existing:
+            record = kstatus.launch_record(pod)
+            rank = (pod.metadata.labels or {}).get(pods.RANK, "")
+            if record is not None and rank.isdigit() and record.get("setup_hash") != new_hash:
+                out[int(rank)] = pod
+        return out
+
+    def _rerun_setup(
+        self, api: Api, ns: str, req: LaunchRequest, prefix: str, stale: Mapping[int, Any],
+        files: list[kfiles.Target], data: bytes, meta: Mapping[str, Any],
+    ) -> None:  # fmt: skip
+        """The new setup, through exec, in every pod of `stale` once all pods run (as `sky
+        launch` on an existing cluster): the workdir and file_mounts copied again, then setup
+        with the request's envs and SkyPilot's variables; its output goes to `setup.log`. Then
+        the pods record the new hash (and the activity). A failed setup is a ProviderError
+        naming its exit code and log, as on the local provider; the pods keep running with the
+        old hash, so the next apply tries again."""
+        listed = _by_rank(self._wait_running(api, ns, req, "setup could not be re-run"))
+        ips = "\n".join(str(listed[r].status.pod_ip or "") for r in range(req.num_nodes))
+        base = kexec.log_dir(self._home, api.context, f"{ns}/{prefix}")
+        user_env = base_env(req)
+        runs = {r: functools.partial(kexec.exec_in_pod, api, ns, pods.pod_name(prefix, r))
+                for r in sorted(stale)}  # fmt: skip
+        if files:
+            for run in runs.values():
+                kfiles.upload(req, files, data, functools.partial(run, env=None), force=True)
+        failed: tuple[int, int] | None = None
+        for rank, run in runs.items() if req.task.setup else ():
+            env = pods.setup_env(req, rank, str(meta["task_id"]), user_env, ips)
+            unset = "".join(f"unset {k}\n" for k in _dropped_env(listed[rank], env))
+            code, output = run(unset + str(req.task.setup), env)
+            kexec.append_stage_log(base, rank, "setup", req.task.setup or "", output)
+            if code != 0 and failed is None:
+                failed = (rank, code)
+        if failed is not None:
+            raise ProviderError(
+                f"{req.address}: setup failed with exit code {failed[1]} on node {failed[0]}; "
+                f"see {base / f'node-{failed[0]}' / 'setup.log'}"
+            )
+        now = time.time()
+        for rank, pod in stale.items():
+            record = (kstatus.launch_record(pod) or {}) | pods.autostop_record(req)
+            patch = pods.record_patch(record | {"setup_hash": meta["setup_hash"]})
+            patch["metadata"]["annotations"] |= pods.activity_patch(now)["metadata"]["annotations"]
+            name = pods.pod_name(prefix, rank)
+            api.call_ok_missing(
+                f"annotate pod {name}", api.core.patch_namespaced_pod, name, ns, patch
+            )
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def _wait_running(self, api: Api, ns: str, req: LaunchRequest, what: str) -> list[Any]:
+        """The pods as listed once every one runs (bounded: image pulls); a pod that ended, or
+        the timeout, is a ProviderError saying `what` could not be done."""
         deadline = time.monotonic() + kfiles.RUNNING_TIMEOUT_S
         while True:
             listed = gang.list_pods(api, ns, pods.selector(req.skyform_id))
             views = kstatus.views(listed, req.num_nodes)
             if all(v.running for v in views):
-                break
+                return listed
             if any(v.lost or not v.present or v.exit_code is not None for v in views):
-                raise ProviderError(f"{req.address}: a pod ended before its files were copied")
+                state = kstatus.job_state(req.kind, views, req.placement.use_spot).value
+                raise ProviderError(f"{req.address}: a pod has ended ({state}); {what}")
             if time.monotonic() > deadline:
                 raise ProviderError(
                     f"{req.address}: pods not running within {kfiles.RUNNING_TIMEOUT_S:g}s "
-                    "(image pull?); the workdir and file_mounts could not be copied"
+                    f"(image pull?); {what}"
                 )
             time.sleep(self._poll)
-        for rank in range(req.num_nodes):
+
+    def _copy_files(
+        self, api: Api, ns: str, req: LaunchRequest, prefix: str,
+        files: list[kfiles.Target], data: bytes, ranks: Sequence[int],
+    ) -> list[Any]:  # fmt: skip
+        """Once every pod runs (bounded), the workdir and file mounts into each of `ranks`;
+        setup waits for them. The pods as listed last."""
+        listed = self._wait_running(api, ns, req, "the workdir and file_mounts could not be copied")
+        for rank in ranks:
             run = functools.partial(kexec.exec_in_pod, api, ns, pods.pod_name(prefix, rank))
             kfiles.upload(req, files, data, functools.partial(run, env=None))
         return listed
@@ -375,24 +457,16 @@ class KubernetesProvider:
         api, ns, prefix = self._where(handle)
         self._delete(api, ns, handle.skyform_id, prefix, handle.num_nodes)
         if handle.kind == ResourceKind.SERVICE_REPLICA:
-            self._delete_replica_service(api, ns, handle)
+            replica_service.release(api, ns, handle.address, handle.skyform_id)
 
-    def _delete_replica_service(self, api: Api, ns: str, handle: Handle) -> None:
-        """The service's ClusterIP Service goes with its last replica in this namespace: pods
-        of other replicas that are not terminating keep it. (A replica launched while this
-        one is being terminated re-creates the Service on its own launch only if it gets
-        there after this delete; the controller's next launch does in any case.)"""
-        labels = ",".join(f"{k}={v}" for k, v in pods.replica_selector(handle.address).items())
-        mine = pods.label_value(handle.skyform_id)
-        others = [
-            p for p in gang.list_pods(api, ns, labels)
-            if (p.metadata.labels or {}).get(pods.ID) != mine and not p.metadata.deletion_timestamp
-        ]  # fmt: skip
-        if not others:
-            name = pods.replica_service_name(handle.address)
-            api.call_ok_missing(
-                f"delete service {name}", api.core.delete_namespaced_service, name, ns
-            )
+    def _release_replica_service(self, api: Api, ns: str, address: str, skyform_id: str) -> None:
+        """After a replica's failed launch: its Service goes if no other replica holds it (a
+        terminate that ran meanwhile saw the failed replica's pods and kept it). Best effort,
+        so the launch's own error is what is raised."""
+        try:
+            replica_service.release(api, ns, address, skyform_id)
+        except SkyformError as exc:
+            log.warning("%s: ClusterIP Service in %s not cleaned up: %s", address, ns, exc)
 
     def _delete(self, api: Api, ns: str, skyform_id: str, prefix: str, num_nodes: int) -> None:
         """Pods by label in one call, then the Service of a multi-node resource; what is
@@ -407,6 +481,23 @@ class KubernetesProvider:
             api.call_ok_missing(
                 f"delete service {prefix}", api.core.delete_namespaced_service, prefix, ns
             )
+
+
+def _by_rank(listed: Sequence[Any]) -> dict[int, Any]:
+    out = {}
+    for pod in listed:
+        rank = (pod.metadata.labels or {}).get(pods.RANK, "")
+        if rank.isdigit():
+            out[int(rank)] = pod
+    return out
+
+
+def _dropped_env(pod: Any, env: Mapping[str, str]) -> list[str]:
+    """The variables the pod was made with that `env` (a relaunch's) no longer sets, and so
+    must not reach the re-run setup (Skyform's own SKYFORM_* ones aside)."""
+    containers = (pod.spec.containers if pod.spec else None) or []
+    names = {e.name for c in containers for e in (c.env or [])}
+    return sorted(n for n in names - set(env) if not n.startswith("SKYFORM_"))
 
 
 # ---- the registry's entry points ------------------------------------------------------------

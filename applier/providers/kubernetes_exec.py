@@ -123,7 +123,13 @@ def fetch_logs(api: Api, namespace: str, prefix: str, num_nodes: int, base: Path
 
 
 def append_exec_log(base: Path, rank: int, command: str, output: str) -> None:
-    target = base / f"node-{rank}" / "exec.log"
+    append_stage_log(base, rank, "exec", command, output)
+
+
+def append_stage_log(base: Path, rank: int, stage: str, command: str, output: str) -> None:
+    """`$ command` and its output at the end of `node-<rank>/<stage>.log` (`exec`: runs;
+    `setup`: a setup re-run through exec, the first one being in the container's log)."""
+    target = base / f"node-{rank}" / f"{stage}.log"
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("a") as fh:
         fh.write(f"$ {command}\n{output}")
@@ -132,7 +138,7 @@ def append_exec_log(base: Path, rank: int, command: str, output: str) -> None:
 def local_logs(base: Path, num_nodes: int) -> list[LogFile]:
     out = []
     for rank in range(num_nodes):
-        for stage in ("run", "exec"):
+        for stage in ("setup", "run", "exec"):
             path = base / f"node-{rank}" / f"{stage}.log"
             if path.exists():
                 out.append(LogFile(rank, stage, path))

@@ -119,11 +119,17 @@ def scripts(found: list[Target], data: bytes) -> list[str]:
 
 
 def upload(
-    req: LaunchRequest, found: list[Target], data: bytes, run: Callable[[str], tuple[int, str]]
+    req: LaunchRequest,
+    found: list[Target],
+    data: bytes,
+    run: Callable[[str], tuple[int, str]],
+    *,
+    force: bool = False,
 ) -> None:
     """Send the files into one pod by `run` (an exec there), unless an earlier launch did (an
-    adopted pod keeps the files its run is using); a failed step is a ProviderError."""
-    if run(f"test -e {STATE}/files.ready")[0] == 0:
+    adopted pod keeps the files its run is using) and not `force` (a setup about to be re-run
+    gets them afresh); a failed step is a ProviderError."""
+    if not force and run(f"test -e {STATE}/files.ready")[0] == 0:
         return
     for script in scripts(found, data):
         code, output = run(script)

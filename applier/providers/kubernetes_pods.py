@@ -26,6 +26,9 @@ META = f"{LABEL}/handle"  # annotation: what observe() needs to rebuild the Hand
 # Annotation: when the pod was last used (epoch seconds): `skyform ssh/exec/port-forward` and
 # provider runs write it; observe() reports the latest of it and the launch as `last_active`.
 ACTIVITY = "skyform.dev/last-active"
+# Annotation on a service's ClusterIP Service: the replica launch that last claimed it
+# (`<skyform id> <epoch seconds>`, new every time, so each claim changes its resourceVersion).
+CLAIM = f"{LABEL}/claimed-by"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP = "kueue.x-k8s.io/pod-group-name"
 KUEUE_COUNT = "kueue.x-k8s.io/pod-group-total-count"  # annotation
@@ -147,7 +150,11 @@ def autostop_record(req: LaunchRequest) -> dict[str, Any]:
     }
 
 
-def handle_meta(req: LaunchRequest, task_id: str, launched_at: float) -> dict[str, Any]:
+def handle_meta(
+    req: LaunchRequest, task_id: str, launched_at: float, setup_hash: str
+) -> dict[str, Any]:
+    """The launch record: what observe() needs to rebuild the Handle, the autostop, and the
+    hash of the setup's inputs the pods ran (a relaunch with another one re-runs setup)."""
     return {
         "address": req.address,
         "skyform_id": req.skyform_id,
@@ -158,6 +165,7 @@ def handle_meta(req: LaunchRequest, task_id: str, launched_at: float) -> dict[st
         "ports": list(req.ports),
         "replica_id": req.replica_id,
         "launched_at": launched_at,
+        "setup_hash": setup_hash,
         **autostop_record(req),
     }
 
@@ -170,6 +178,15 @@ def record_patch(record: Mapping[str, Any]) -> dict[str, Any]:
 def activity_patch(now: float) -> dict[str, Any]:
     """The merge patch that records use of a pod at `now`."""
     return {"metadata": {"annotations": {ACTIVITY: str(int(now))}}}
+
+
+def setup_env(
+    req: LaunchRequest, rank: int, task_id: str, user_env: Mapping[str, str], node_ips: str
+) -> dict[str, str]:
+    """What setup sees when it is re-run through exec in node `rank`'s pod: what the bootstrap
+    gives it (the task's envs, SkyPilot's variables, the node IPs one per line)."""
+    env = {**user_env, **_skypilot_env(req, rank, task_id)}
+    return env | {"SKYPILOT_NODE_IPS": node_ips, "SKYPILOT_SETUP_NODE_IPS": node_ips}
 
 
 def _skypilot_env(req: LaunchRequest, rank: int, task_id: str) -> dict[str, str]:
@@ -330,20 +347,42 @@ def replica_service_name(address: str) -> str:
     return base if base[0].isalpha() else f"s-{base}"[:63].rstrip("-")
 
 
-def cluster_ip_service(req: LaunchRequest) -> dict[str, Any]:
-    """A ClusterIP Service over every ready replica pod of the service in this namespace: one
-    stable in-cluster name and port (the service's `ports`, else 8080) that forwards to each
-    pod's `serve` port, so replicas on different ports are fronted alike."""
+def service_ports(req: LaunchRequest) -> list[dict[str, Any]]:
+    """The ClusterIP Service's ports for `req`'s version of the service: its `ports` (else
+    8080), forwarded to each replica pod's `serve` port."""
     svc = req.task.service
     port = svc.ports if svc is not None and svc.ports else DEFAULT_SERVICE_PORT
+    return [{"name": "serve", "port": port, "targetPort": "serve", "protocol": "TCP"}]
+
+
+def cluster_ip_service(req: LaunchRequest, claim: str) -> dict[str, Any]:
+    """A ClusterIP Service over every ready replica pod of the service in this namespace: one
+    stable in-cluster name and port (`service_ports`) that forwards to each pod's `serve` port,
+    so replicas on different ports are fronted alike. It belongs to the service's address (no
+    replica's id); `claim` names the replica launch that made it (`CLAIM`)."""
     meta_labels = replica_selector(req.address) | {KIND: "service"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": replica_service_name(req.address), "labels": meta_labels},
+        "metadata": {
+            "name": replica_service_name(req.address),
+            "labels": meta_labels,
+            "annotations": {CLAIM: claim},
+        },
         "spec": {
             "type": "ClusterIP",
             "selector": replica_selector(req.address),
-            "ports": [{"name": "serve", "port": port, "targetPort": "serve", "protocol": "TCP"}],
+            "ports": service_ports(req),
         },
+    }
+
+
+def service_claim_patch(req: LaunchRequest, claim: str) -> dict[str, Any]:
+    """The merge patch by which a replica launch claims the existing Service: a new `CLAIM`
+    (so its resourceVersion changes, which a concurrent terminate's delete is conditioned on)
+    and the ports of this version (a merge patch replaces the list whole; a strategic one
+    would add the new port beside the old)."""
+    return {
+        "metadata": {"annotations": {CLAIM: claim}},
+        "spec": {"ports": service_ports(req)},
     }

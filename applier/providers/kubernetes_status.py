@@ -192,8 +192,11 @@ def observed(handle: Handle, pod_list: Sequence[Any]) -> ObservedResource:
     job = job_state(handle.kind, nodes, handle.placement.use_spot)
     started = max((launched_at(p) for p in pod_list), default=0.0)
     used = max((last_used(p) for p in pod_list), default=0.0)
-    record = next((m for m in map(launch_record, pod_list) if m), {})
+    records = [m for m in map(launch_record, pod_list) if m]
+    record = next(iter(records), {})
     down = bool(record.get("autostop_down"))
+    # The setup hash the pods ran, when their records agree (else unknown: None).
+    hashes = {str(m.get("setup_hash") or "") for m in records}
     minutes = record.get("autostop_minutes") if down else None
     return ObservedResource(
         handle=handle,
@@ -210,6 +213,7 @@ def observed(handle: Handle, pod_list: Sequence[Any]) -> ObservedResource:
         ),
         launched_at=started,
         last_active=max(started, used),
+        setup_hash=(hashes.pop() or None) if len(hashes) == 1 else None,
         autostop_minutes=None if minutes is None else int(minutes),
         autostop_down=down,
     )

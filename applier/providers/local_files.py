@@ -215,7 +215,8 @@ def skypilot_env(
     if meta.get("replica_id") is not None:
         env["SKYPILOT_SERVE_REPLICA_ID"] = str(meta["replica_id"])
     if port is not None:
-        # Local-only convention: the replica's assigned port (several replicas share a host).
+        # The replica's assigned port: a free one here (replicas share this host), the
+        # task's declared port elsewhere (`applier.controllers.service_replicas.replica_port`).
         env |= {"PORT": str(port), "SKYFORM_REPLICA_PORT": str(port)}
     return env
 

@@ -15,6 +15,7 @@ from applier.autostop import Stopped, enforce
 from applier.controllers import job_record as jr
 from applier.controllers.common import ControllerSpec
 from applier.controllers.job_runner import JobRunner
+from applier.controllers.service_replicas import replica_port
 from applier.execute import Executor
 from applier.provider import (
     Handle,
@@ -26,6 +27,7 @@ from applier.provider import (
 )
 from applier.providers import cloud_nodes
 from planner.plan import PlacementView
+from schema.loader import load_tasks
 from state import Store, open_store
 from tests.cloud_support.worlds import World, plan_for, request, run_log
 from tests.planner.plan_helpers import write_repo
@@ -189,3 +191,27 @@ def test_a_changed_autostop_is_applied_to_the_running_cluster(world: World) -> N
     assert seen.last_active == seen.launched_at  # relaunching is not activity
     assert enforce(providers, seen.last_active + 6 * 60) == [Stopped("cluster.c", True, 6.0)]
     assert world.live() == [] and provider.observe() == []
+
+
+def test_a_service_replica_serves_on_its_declared_port_told_as_port(world: World) -> None:
+    """A replica on a cloud instance has the host to itself: it serves on the port the task
+    declares (as SkyPilot's replicas do), the endpoint names that port, and `$PORT` says it."""
+    yaml = "service: {readiness_probe: /, ports: 8000}\nrun: echo serving-on-$PORT\n"
+    task = load_tasks(yaml, "svc.yaml").tasks[0].task
+    port = replica_port(task, world.name)
+    assert port == 8000
+    provider = world.provider()
+    req = request(
+        yaml,
+        world.placement,
+        address="service.api",
+        kind=ResourceKind.SERVICE_REPLICA,
+        ports=(port,),
+        replica_id=1,
+    )
+    handle = provider.launch(req)
+    try:
+        assert handle.endpoint is not None and handle.endpoint.endswith(":8000")
+        assert "serving-on-8000" in run_log(provider, handle)
+    finally:
+        provider.terminate(handle)

@@ -1,10 +1,14 @@
 """A stdlib fake of the GCE REST API on 127.0.0.1, speaking the JSON google-cloud-compute sends
 and expects: instances insert/get/list/aggregatedList/delete/stop/start and zone operations
-get/wait, setLabels (with its fingerprint check), with injectable faults as GCE reports them:
+get/wait, setLabels and setTags (with their fingerprint checks), global firewalls
+insert/get/list/delete/patch (JSON merge patch) and global operations get/wait, names, tags and
+ports checked as GCE checks them, with injectable faults as GCE reports them:
 
 - stockouts: the insert call succeeds and its *operation* ends in ZONE_RESOURCE_POOL_EXHAUSTED
   (HTTP 503 on the operation), by machine type and zone;
 - quota: HTTP 403 QUOTA_EXCEEDED on the insert call itself;
+- firewall quota (`FirewallFault`): HTTP 403 QUOTA_EXCEEDED on the firewall insert, or its
+  global operation ending in that error;
 - rate limits: HTTP 403 rateLimitExceeded on every n-th call of a method;
 - preemption: a test hook turns a spot instance TERMINATED (or deletes it); others change an
   instance's status, labels or creation time as a console user or GCE itself would.
@@ -29,6 +33,10 @@ from tests.cloud_support.served import Served
 
 PREFIX = "/compute/v1/projects/"
 _FILTER = re.compile(r'labels\.([a-z0-9_-]+)\s*(?:=\s*"([^"]*)"|:\s*\*)')
+_NAME_FILTER = re.compile(r'^\s*\(?\s*name\s*(?:=|eq)\s*"?([a-z0-9-]+)"?\s*\)?\s*$')
+# GCE's rule for resource names and network tags (RFC 1035 labels).
+NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_PORTS = re.compile(r"(\d{1,5})(?:-(\d{1,5}))?")
 
 
 @dataclass
@@ -45,13 +53,25 @@ class Fault:
 
 
 @dataclass
+class FirewallFault:
+    """The next firewall inserts fail with `code`: on the call (403), or in its operation."""
+
+    code: str = "QUOTA_EXCEEDED"
+    in_operation: bool = False
+    times: int | None = None  # None: forever
+
+
+@dataclass
 class State:
     instances: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     operations: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    firewalls: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
+    firewall_faults: list[FirewallFault] = field(default_factory=list)
     rate_limit_every: dict[str, int] = field(default_factory=dict)  # method -> every n-th call
     counts: Counter[str] = field(default_factory=Counter)
     inserts: list[tuple[str, str]] = field(default_factory=list)  # (zone, machine type) tried
+    calls: list[str] = field(default_factory=list)  # every call's `counts` key, in order
     rate_limited: int = 0
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1001))
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,10 +91,31 @@ def _labels_match(instance: dict[str, Any], expr: str) -> bool:
     return True
 
 
-def _fingerprint(labels: dict[str, str]) -> str:
-    """GCE's optimistic lock on labels: changes whenever they do."""
+def _fingerprint(labels: Any) -> str:
+    """GCE's optimistic lock on labels (or tags): changes whenever they do."""
     digest = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).digest()
     return base64.b64encode(digest[:8]).decode()
+
+
+def _invalid(field_name: str, value: Any, why: str) -> ApiError:
+    return ApiError(400, "invalid", f"Invalid value for field '{field_name}': '{value}'. {why}")
+
+
+def _check_name(field_name: str, value: Any) -> None:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise _invalid(field_name, value, f"Must be a match of regex '{NAME.pattern}'")
+
+
+def _check_allowed(rules: Any) -> None:
+    """`allowed[]`: a protocol each, and ports as numbers or ranges in 0-65535."""
+    for i, rule in enumerate(rules or ()):
+        if not rule.get("IPProtocol"):
+            raise _invalid(f"resource.allowed[{i}].IPProtocol", "", "Required.")
+        for j, port in enumerate(rule.get("ports") or ()):
+            m = _PORTS.fullmatch(str(port))
+            lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (1, 0)
+            if not (0 <= lo <= hi <= 65535):
+                raise _invalid(f"resource.allowed[{i}].ports[{j}]", port, "Invalid port range.")
 
 
 def _timestamp(when: datetime) -> str:
@@ -127,6 +168,32 @@ class FakeGce(Served):
             created = datetime.fromisoformat(instance["creationTimestamp"])
             instance["creationTimestamp"] = _timestamp(created - timedelta(seconds=seconds))
 
+    def set_tags(self, zone: str, name: str, tags: list[str]) -> None:
+        """The instance's network tags become `tags` (an instance launched by older code)."""
+        with self.state.lock:
+            self.state.instances[(zone, name)]["tags"] = {
+                "items": list(tags),
+                "fingerprint": _fingerprint({"items": tags}),
+            }
+
+    def firewalls(self) -> list[dict[str, Any]]:
+        with self.state.lock:
+            return [dict(f) for f in self.state.firewalls.values()]
+
+    def put_firewall(self, project: str, body: dict[str, Any]) -> None:
+        """A rule made outside the provider (a crashed launch's, or a console user's)."""
+        with self.state.lock:
+            self._firewall_insert(project, dict(body))
+
+    def drop_firewall(self, name: str) -> None:
+        with self.state.lock:
+            del self.state.firewalls[name]
+
+    def count(self, prefix: str) -> int:
+        """How many calls so far had a `counts` key starting with `prefix`."""
+        with self.state.lock:
+            return sum(n for key, n in self.state.counts.items() if key.startswith(prefix))
+
     # ---- the API --------------------------------------------------------------------------
 
     def handle(self, method: str, path: str, query: dict[str, str], body: Any) -> Any:
@@ -135,10 +202,11 @@ class FakeGce(Served):
             raise ApiError(404, "notFound", f"no route {path}")
         project, rest = parts[0], parts[1:]
         with self.state.lock:
-            key = f"{method} {'/'.join(p if i % 2 == 0 else '*' for i, p in enumerate(rest))}"
-            self._rate_limit(key)
+            self._rate_limit(f"{method} {_key(rest)}")
             if rest == ["aggregated", "instances"]:
                 return self._aggregated(query)
+            if rest[0] == "global":
+                return self._global(method, project, rest[1:], query, body)
             if len(rest) < 3 or rest[0] != "zones":
                 raise ApiError(404, "notFound", f"no route {path}")
             zone, kind, tail = rest[1], rest[2], rest[3:]
@@ -151,6 +219,7 @@ class FakeGce(Served):
     def _rate_limit(self, key: str) -> None:
         s = self.state
         s.counts[key] += 1
+        s.calls.append(key)
         every = s.rate_limit_every.get(key)
         if every and s.counts[key] % every == 0:
             s.rate_limited += 1
@@ -191,6 +260,16 @@ class FakeGce(Served):
             instance["labels"] = dict(body.get("labels") or {})
             instance["labelFingerprint"] = _fingerprint(instance["labels"])
             return self._new_op(project, zone, "setLabels", name)
+        if method == "POST" and tail[1:] == ["setTags"]:
+            instance = s.instances[(zone, name)]
+            if body.get("fingerprint", "") != instance["tags"]["fingerprint"]:
+                message = "Supplied fingerprint does not match current metadata fingerprint."
+                raise ApiError(412, "conditionNotMet", message)
+            items = list(body.get("items") or [])
+            for i, tag in enumerate(items):
+                _check_name(f"resource.items[{i}]", tag)
+            instance["tags"] = {"items": items, "fingerprint": _fingerprint({"items": items})}
+            return self._new_op(project, zone, "setTags", name)
         raise ApiError(404, "notFound", f"no route {tail}")
 
     def _insert(self, project: str, zone: str, body: dict[str, Any]) -> Any:
@@ -210,9 +289,13 @@ class FakeGce(Served):
             return self._new_op(project, zone, "insert", name, (fault.code, message))
         if (zone, name) in s.instances:
             raise ApiError(409, "alreadyExists", f"The resource '{name}' already exists")
+        tags = list((body.get("tags") or {}).get("items") or [])
+        for i, tag in enumerate(tags):
+            _check_name(f"resource.tags.items[{i}]", tag)
         n = next(s.ids)
         s.instances[(zone, name)] = {
             **body,
+            "tags": {"items": tags, "fingerprint": _fingerprint({"items": tags})},
             "id": str(n),
             "zone": f"{self.endpoint}{PREFIX}{project}/zones/{zone}",
             "status": "RUNNING",
@@ -247,16 +330,148 @@ class FakeGce(Served):
         return {k: v for k, v in op.items() if not k.startswith("_")}
 
     def _operation(self, zone: str, name: str) -> Any:
-        """Operations are RUNNING when returned and DONE on the first get/wait."""
+        """Operations are RUNNING when returned and DONE on the first get/wait (global ones
+        are kept under the zone "")."""
         op = self.state.operations.get((zone, name))
         if op is None:
             raise ApiError(404, "notFound", f"operation {name} not found")
         op["status"] = "DONE"
+        if "progress" in op:
+            op["progress"] = 100
         if "_error" in op:
-            code, message = op["_error"]
+            code, message, *status = op["_error"]
+            http = status[0] if status else 503
             op["error"] = {"errors": [{"code": code, "message": message}]}
-            op["httpErrorStatusCode"] = 503
-            op["httpErrorMessage"] = "SERVICE UNAVAILABLE"
+            op["httpErrorStatusCode"] = http
+            op["httpErrorMessage"] = "FORBIDDEN" if http == 403 else "SERVICE UNAVAILABLE"
+        return {k: v for k, v in op.items() if not k.startswith("_")}
+
+    # ---- global: firewall rules and their operations ----------------------------------------
+
+    def _global(
+        self, method: str, project: str, rest: list[str], query: dict[str, str], body: Any
+    ) -> Any:
+        kind, tail = (rest[0], rest[1:]) if rest else ("", [])
+        if kind == "operations" and tail and method in ("GET", "POST"):
+            if method == "POST" and tail[1:] != ["wait"]:
+                raise ApiError(404, "notFound", f"no route global/{'/'.join(rest)}")
+            return self._operation("", tail[0])
+        if kind != "firewalls" or len(tail) > 1:
+            raise ApiError(404, "notFound", f"no route global/{'/'.join(rest)}")
+        s = self.state
+        if not tail:
+            if method == "POST":
+                return self._firewall_create(project, body)
+            if method == "GET":
+                return self._firewall_list(project, query)
+            raise ApiError(405, "badRequest", f"{method} global/firewalls")
+        name = tail[0]
+        found = s.firewalls.get(name)
+        if found is None:
+            missing = f"The resource 'projects/{project}/global/firewalls/{name}' was not found"
+            raise ApiError(404, "notFound", missing)
+        if method == "GET":
+            return found
+        if method == "DELETE":
+            del s.firewalls[name]
+            return self._new_global_op(project, "delete", name)
+        if method == "PATCH":
+            return self._firewall_patch(project, found, body)
+        raise ApiError(405, "badRequest", f"{method} global/firewalls/{name}")
+
+    def _firewall_create(self, project: str, body: dict[str, Any]) -> Any:
+        s = self.state
+        fault = next((f for f in s.firewall_faults if f.times is None or f.times > 0), None)
+        if fault is not None and fault.times is not None:
+            fault.times -= 1
+        message = "Quota 'FIREWALLS' exceeded.  Limit: 200.0 globally."
+        if fault is not None and not fault.in_operation:
+            raise ApiError(403, fault.code, message)
+        name = body.get("name")
+        if fault is not None:
+            return self._new_global_op(project, "insert", str(name), (fault.code, message, 403))
+        _check_name("resource.name", name)
+        if name in s.firewalls:
+            msg = f"The resource 'projects/{project}/global/firewalls/{name}' already exists"
+            raise ApiError(409, "alreadyExists", msg)
+        self._firewall_insert(project, body)
+        return self._new_global_op(project, "insert", str(name))
+
+    def _firewall_insert(self, project: str, body: dict[str, Any]) -> None:
+        """Store a rule as GCE shows it: defaults filled in, the network as a full URL."""
+        for i, tag in enumerate(body.get("targetTags") or ()):
+            _check_name(f"resource.targetTags[{i}]", tag)
+        _check_allowed(body.get("allowed"))
+        if not body.get("allowed") and not body.get("denied"):
+            raise _invalid("resource.allowed", [], "Either allowed or denied is required.")
+        network = str(body.get("network") or "global/networks/default").rsplit("/", 1)[-1]
+        n = next(self.state.ids)
+        base = f"{self.endpoint}{PREFIX}{project}/global"
+        self.state.firewalls[body["name"]] = {
+            "kind": "compute#firewall",
+            "id": str(n),
+            "creationTimestamp": _timestamp(datetime.now(UTC)),
+            "description": "",
+            "priority": 1000,
+            "direction": "INGRESS",
+            "sourceRanges": ["0.0.0.0/0"],  # GCE's default for ingress without sources
+            "logConfig": {"enable": False},
+            "disabled": False,
+            **body,
+            "network": f"{base}/networks/{network}",
+            "selfLink": f"{base}/firewalls/{body['name']}",
+        }
+
+    def _firewall_patch(self, project: str, found: dict[str, Any], body: dict[str, Any]) -> Any:
+        """JSON merge patch: the fields given replace the rule's (lists whole); the name and
+        network cannot change."""
+        name = found["name"]
+        if body.get("name", name) != name:
+            raise _invalid("resource.name", body["name"], "The name cannot be changed.")
+        network = body.get("network")
+        if network and network.rsplit("/", 1)[-1] != found["network"].rsplit("/", 1)[-1]:
+            raise _invalid("resource.network", network, "The network cannot be changed.")
+        merged = {**found, **{k: v for k, v in body.items() if k != "network"}}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        for i, tag in enumerate(merged.get("targetTags") or ()):
+            _check_name(f"resource.targetTags[{i}]", tag)
+        _check_allowed(merged.get("allowed"))
+        self.state.firewalls[name] = merged
+        return self._new_global_op(project, "patch", name)
+
+    def _firewall_list(self, project: str, query: dict[str, str]) -> Any:
+        rules = list(self.state.firewalls.values())
+        if query.get("filter"):
+            m = _NAME_FILTER.match(query["filter"])
+            if m is None:
+                raise _invalid("filter", query["filter"], 'Only `name = "..."` is faked.')
+            rules = [r for r in rules if r["name"] == m.group(1)]
+        out: dict[str, Any] = {
+            "kind": "compute#firewallList",
+            "id": f"projects/{project}/global/firewalls",
+            "selfLink": f"{self.endpoint}{PREFIX}{project}/global/firewalls",
+        }
+        return out | ({"items": rules} if rules else {})  # GCE leaves out an empty list
+
+    def _new_global_op(
+        self, project: str, kind: str, target: str, error: tuple[str, str, int] | None = None
+    ) -> dict[str, Any]:
+        n = next(self.state.ids)
+        base = f"{self.endpoint}{PREFIX}{project}/global"
+        op: dict[str, Any] = {
+            "kind": "compute#operation",
+            "id": str(n),
+            "name": f"operation-{n}",
+            "operationType": kind,
+            "targetLink": f"{base}/firewalls/{target}",
+            "status": "RUNNING",
+            "progress": 0,
+            "insertTime": _timestamp(datetime.now(UTC)),
+            "selfLink": f"{base}/operations/operation-{n}",
+        }
+        self.state.operations[("", op["name"])] = op
+        if error is not None:
+            op["_error"] = error
         return {k: v for k, v in op.items() if not k.startswith("_")}
 
     def _aggregated(self, query: dict[str, str]) -> Any:
@@ -265,6 +480,15 @@ class FakeGce(Served):
             if _labels_match(instance, query.get("filter", "")):
                 items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(instance)
         return {"items": items}
+
+
+def _key(rest: list[str]) -> str:
+    """A call's `counts` key: its path with the names of things as `*`
+    (`zones/*/instances/*/setLabels`, `global/firewalls/*`, `aggregated/instances`)."""
+    if rest[:1] in (["global"], ["aggregated"]):
+        head, rest = rest[0], rest[1:]
+        return "/".join([head, *(p if i % 2 == 0 else "*" for i, p in enumerate(rest))])
+    return "/".join(p if i % 2 == 0 else "*" for i, p in enumerate(rest))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -291,4 +515,4 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    do_GET = do_POST = do_DELETE = _serve
+    do_GET = do_POST = do_DELETE = do_PATCH = _serve

@@ -1,8 +1,9 @@
 """Execs that really run: `processes_in(root)` is an `ExecRunner` for `FakeCluster.exec_runner`
 that starts an exec's command as a process on this machine, as if in the pod's container: with
 the container's environment (SkyPilot's variables), a HOME of the pod's own
-(`<root>/<pod>/home`, holding a `sky_workdir`) and a TMPDIR of its own (`<root>/<pod>/tmp`),
-so pods of one test never share files; a terminal when the exec asks for one.
+(`<root>/<pod>/home`, holding a `sky_workdir`), a TMPDIR of its own (`<root>/<pod>/tmp`) and
+a Skyform state directory of its own (`<root>/<pod>/state`, else /tmp/skyform as in a
+container), so pods of one test never share files; a terminal when the exec asks for one.
 
     api.cluster.exec_runner = processes_in(tmp_path)
 """
@@ -38,6 +39,7 @@ def processes_in(root: Path) -> ExecRunner:
         (home / "sky_workdir").mkdir(parents=True, exist_ok=True)
         tmp.mkdir(exist_ok=True)
         env = {"PATH": PATH, **env_of(pod), "HOME": str(home), "TMPDIR": str(tmp)}
+        env["SKYFORM_STATE_DIR"] = str(home.parent / "state")
         if not tty:
             proc = subprocess.Popen(
                 command,

@@ -1,5 +1,6 @@
 """The HTTP face of the fake API server: discovery (/version, /api, /apis, resource lists),
-get/list/create/replace/merge-patch/delete on namespaced and cluster resources (and delete of a
+get/list/create/replace/merge-patch (and strategic merge of keyed lists)/delete (with uid and
+resourceVersion preconditions) on namespaced and cluster resources (and delete of a
 collection by label selector), the pods' status, log, exec and portforward (WebSocket)
 subresources; every request is recorded so tests can count calls. Stdlib only.
 """
@@ -263,10 +264,12 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "PATCH":
             if isinstance(body, list):
                 raise ApiError(415, "UnsupportedMediaType", "JSON patch is not served; use merge")
-            return 200, store.update(route.plural, ns, name, body or {}, part)
+            strategic = "strategic-merge-patch" in (self.headers.get("Content-Type") or "")
+            return 200, store.update(route.plural, ns, name, body or {}, part, strategic)
         if method == "DELETE":
+            preconditions = (body or {}).get("preconditions") if isinstance(body, dict) else None
             with store.lock:
-                gone = store.delete(route.plural, ns, name)
+                gone = store.delete(route.plural, ns, name, preconditions)
                 if route.plural == "pods":
                     cluster.reschedule()
             return 200, gone

@@ -202,11 +202,16 @@ class ObjectStore:
                 raise ApiError(409, "Conflict", f'the object "{name}" has been modified')
             return self._write(current, obj, part)
 
-    def update(self, plural: str, namespace: str, name: str, changes: Obj, part: str) -> Obj:
-        """A merge patch (RFC 7386) of `changes` into the object."""
+    def update(
+        self, plural: str, namespace: str, name: str, changes: Obj, part: str,
+        strategic: bool = False,
+    ) -> Obj:  # fmt: skip
+        """A merge patch (RFC 7386) of `changes` into the object; `strategic`: a strategic merge
+        patch, which merges the keyed lists of `MERGE_KEYS` item by item instead of replacing
+        them (what the official client sends for a dict body)."""
         with self.lock:
             current = self._get(plural, namespace, name)
-            merged = merge_patch(copy.deepcopy(current), changes)
+            merged = merge_patch(copy.deepcopy(current), changes, strategic)
             return self._write(current, merged, part)
 
     def _write(self, current: Obj, new: Obj, part: str) -> Obj:
@@ -226,9 +231,23 @@ class ObjectStore:
         self._bump(current)
         return copy.deepcopy(current)
 
-    def delete(self, plural: str, namespace: str, name: str) -> Obj:
+    def delete(
+        self, plural: str, namespace: str, name: str, preconditions: Obj | None = None
+    ) -> Obj:
+        """Delete the object; `preconditions` (DeleteOptions': `uid`, `resourceVersion`) that
+        the object no longer meets are a 409 Conflict, as on the real API server."""
         with self.lock:
             obj = self._get(plural, namespace, name)
+            meta = obj["metadata"]
+            for field in ("uid", "resourceVersion"):
+                wanted = (preconditions or {}).get(field)
+                if wanted and wanted != meta.get(field):
+                    raise ApiError(
+                        409, "Conflict",
+                        f'Operation cannot be fulfilled on {plural} "{name}": Precondition '
+                        f"failed: {field} in precondition: {wanted}, "
+                        f"in object meta: {meta.get(field)}",
+                    )  # fmt: skip
             ns = namespace if KINDS[plural].namespaced else ""
             del self._objects[(plural, ns, name)]
             if plural == "namespaces":  # namespace deletion cascades to what it holds
@@ -238,7 +257,18 @@ class ObjectStore:
             return copy.deepcopy(obj)
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
+# Strategic merge: the keyed lists of the kinds served and their merge keys (the first one
+# the patch's items carry: a Service's ports merge by `port`, a container's by `containerPort`).
+MERGE_KEYS = {
+    "ports": ("port", "containerPort"),
+    "containers": ("name",),
+    "env": ("name",),
+    "conditions": ("type",),
+    "ownerReferences": ("uid",),
+}
+
+
+def merge_patch(target: Any, patch: Any, strategic: bool = False) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     if not isinstance(target, dict):
@@ -246,6 +276,26 @@ def merge_patch(target: Any, patch: Any) -> Any:
     for key, value in patch.items():
         if value is None:
             target.pop(key, None)
+        elif strategic and key in MERGE_KEYS and isinstance(value, list):
+            target[key] = _merge_list(target.get(key), value, MERGE_KEYS[key])
         else:
-            target[key] = merge_patch(target.get(key), value)
+            target[key] = merge_patch(target.get(key), value, strategic)
     return target
+
+
+def _merge_list(target: Any, patch: list[Any], keys: tuple[str, ...]) -> list[Any]:
+    """A keyed list merged as a strategic merge patch does: a patch item with the merge key of
+    an existing item is merged into it, any other is appended; nothing is removed."""
+    key = next((k for k in keys if all(isinstance(i, dict) and k in i for i in patch)), None)
+    if key is None or not isinstance(target, list):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target)
+    for item in patch:
+        at = next(
+            (i for i, t in enumerate(out) if isinstance(t, dict) and t.get(key) == item[key]), None
+        )
+        if at is None:
+            out.append(copy.deepcopy(item))
+        else:
+            out[at] = merge_patch(out[at], item, strategic=True)
+    return out

@@ -98,3 +98,24 @@ def test_the_ssh_key_is_made_once_and_private(tmp_path: Path) -> None:
     assert private.stat().st_mode & 0o777 == 0o600
     assert public.startswith("ssh-ed25519 ")
     assert ssh.ensure_key(tmp_path) == (private, public)
+
+
+def test_the_tasks_ports_and_a_replicas_port_are_opened_in_the_security_group(
+    aws: AwsWorld,
+) -> None:
+    provider = aws.provider()
+    yaml = "resources: {ports: [8080, 10000-10010]}\nrun: echo hi\n"
+    handle = provider.launch(request(yaml, EAST, ports=(30001,)))
+    try:
+        [instance] = aws.live()
+        [group] = aws.client().describe_security_groups(
+            GroupIds=[g["GroupId"] for g in instance["SecurityGroups"]]
+        )["SecurityGroups"]
+        opened = {
+            (p["FromPort"], p["ToPort"])
+            for p in group["IpPermissions"]
+            if any(r.get("CidrIp") == "0.0.0.0/0" for r in p.get("IpRanges", []))
+        }
+        assert opened == {(22, 22), (8080, 8080), (10000, 10010), (30001, 30001)}
+    finally:
+        provider.terminate(handle)

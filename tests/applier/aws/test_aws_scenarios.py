@@ -15,6 +15,7 @@ from tests.cloud_support.scenarios import (  # noqa: F401
     apply_after_stockouts,
     test_a_changed_autostop_is_applied_to_the_running_cluster,
     test_a_preempted_spot_job_is_recovered_by_the_job_controller,
+    test_a_service_replica_serves_on_its_declared_port_told_as_port,
     test_a_spot_cluster_autostops_only_with_down,
 )
 from tests.cloud_support.worlds import AWS_REGIONS, AwsWorld, plan_for

@@ -33,10 +33,17 @@ from applier.controllers.common import (
     write_spec,
 )
 from applier.controllers.service_core import ServiceController
-from applier.controllers.service_replicas import free_port, parse_replica_id
+from applier.controllers.service_replicas import (
+    DEFAULT_REPLICA_PORT,
+    free_port,
+    parse_replica_id,
+    replica_port,
+)
 from applier.providers.fake import FakeProvider, PlaceRule
 from applier.providers.local import LocalProvider
 from applier.providers.local_node import read_json
+from schema.loader import load_tasks
+from schema.task import Task
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "repo-layout"
@@ -514,3 +521,17 @@ def test_a_restarted_controller_adopts_its_replicas_on_the_same_port(
     assert [r["handle"] for r in after["replicas"]] == [r["handle"] for r in before]
     assert after["next_replica_id"] == 3  # nothing was launched again
     assert {get(after["endpoint"])[1]["replica"] for _ in range(6)} == {"1", "2"}
+
+
+def test_a_replica_port_is_free_here_and_the_declared_one_elsewhere() -> None:
+    def task(yaml: str) -> Task:
+        return load_tasks(yaml, "svc.yaml").tasks[0].task
+
+    here = replica_port(task("service: {readiness_probe: /, ports: 8000}\nrun: x\n"), "local")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", here))  # free on this machine, whatever the task declares
+    assert replica_port(task("service: {readiness_probe: /, ports: 8000}\nrun: x\n"), "aws") == 8000
+    declared = task("resources: {ports: 9000}\nservice: {readiness_probe: /}\nrun: x\n")
+    assert replica_port(declared, "gcp") == 9000
+    bare = task("service: {readiness_probe: /}\nrun: x\n")
+    assert replica_port(bare, "kubernetes") == DEFAULT_REPLICA_PORT

@@ -1,23 +1,29 @@
 """End to end over the GCP provider: a real plan applied with zone then region failover, AWS
-stocked out -> GCP, a spot job preempted and recovered by the managed-job controller, and
-autostop (spot, and changed on a running cluster)."""
+stocked out -> GCP, a cluster's ports opened by a firewall rule, a spot job preempted and
+recovered by the managed-job controller, and autostop (spot, and changed on a running
+cluster)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from applier.actions import Env
+from applier.execute import Executor
+from applier.provider import Handle
 from planner.plan import PlacementView
-from state import PlacementKey
+from state import PlacementKey, open_store
 from tests.aws_support.fake_ec2 import CapacityFault
 from tests.cloud_support.scenarios import (  # noqa: F401
     apply_after_stockouts,
     first_change,
     test_a_changed_autostop_is_applied_to_the_running_cluster,
     test_a_preempted_spot_job_is_recovered_by_the_job_controller,
+    test_a_service_replica_serves_on_its_declared_port_told_as_port,
     test_a_spot_cluster_autostops_only_with_down,
 )
-from tests.cloud_support.worlds import AwsWorld, GcpWorld
+from tests.cloud_support.worlds import AwsWorld, GcpWorld, plan_for
 from tests.gcp_support.fake_gce import Fault
+from tests.planner.plan_helpers import write_repo
 
 
 def test_stockouts_fail_over_zone_then_region_in_plan_order(gcp: GcpWorld, tmp_path: Path) -> None:
@@ -64,3 +70,28 @@ def test_a_stocked_out_cloud_fails_over_to_the_other_cloud(
         assert len(gcp.live()) == (1 if done.handle.provider == "gcp" else 0)  # nothing left
         if first_cloud == "gcp":
             assert [z for z, _ in gcp.fake.state.inserts] == [v.zone for v in done.order[:switch]]
+
+
+def test_an_applied_cluster_with_ports_opens_them(gcp: GcpWorld, tmp_path: Path) -> None:
+    """The task's `resources.ports` reach GCE through plan and apply (a cluster's launch request
+    carries no ports of its own): one rule for the cluster's tag, gone with the cluster."""
+    home = tmp_path / "home"
+    web = "resources: {cpus: 2, ports: [9000-9001, 8080]}\nrun: echo up\n"
+    files = {"skyform.yaml": "infra: [gcp/us-central1]\n", "clusters/web.yaml": web}
+    root = write_repo(tmp_path / "repo", files)
+    provider = gcp.provider(home)
+    with open_store(None, home) as store:
+        desired, plan = plan_for(root, store)
+        env = Env(home=home, base_dir=root, providers={"gcp": provider})
+        result = Executor(plan, desired, store, env, plan_id="p1").run()
+        assert result.ok, result.failed
+        record = store.get_resource("cluster.web")
+        assert record is not None and record.handles is not None
+        handle = Handle.from_dict(record.handles["handle"])
+    [rule] = gcp.fake.firewalls()
+    assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["8080", "9000-9001"]}]
+    assert rule["targetTags"] == [f"skyform-{handle.skyform_id[:8]}"]
+    [instance] = gcp.live()
+    assert rule["targetTags"][0] in instance["tags"]["items"]
+    provider.terminate(handle)
+    assert gcp.fake.firewalls() == [] and gcp.live() == []
