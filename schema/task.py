@@ -167,6 +167,11 @@ class SkyformBlock(Frozen):
             deps = data.get("depends_on")
             if isinstance(deps, str):
                 data = {**data, "depends_on": [deps]}
+            elif deps is not None and not isinstance(deps, list | tuple):
+                raise ValueError(
+                    f"depends_on must be an address or a list of addresses, not {deps!r}; "
+                    "write e.g. depends_on: [cluster.dev]"
+                )
             for dep in data.get("depends_on") or []:
                 if not isinstance(dep, str) or not ADDRESS.match(dep):
                     raise ValueError(

@@ -84,10 +84,11 @@ class SqliteDb:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
                 return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise _translate_sqlite(exc, self.description) from exc
-                if time.monotonic() + delay > deadline:
+            except sqlite3.Error as exc:
+                busy = isinstance(exc, sqlite3.OperationalError) and (
+                    "locked" in str(exc) or "busy" in str(exc)
+                )
+                if not busy or time.monotonic() + delay > deadline:
                     raise _translate_sqlite(exc, self.description) from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from applier.autostop import enforce
 from applier.provider import JobState, LaunchRequest, Placement, ResourceKind, ResourceStatus
@@ -28,72 +31,72 @@ def _cluster(
     )
 
 
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[LocalProvider]:
+    """The local provider in its own home; whatever a test left running is terminated."""
+    local = LocalProvider(tmp_path / "home", grace_s=0.5)
+    yield local
+    for o in local.observe():
+        local.terminate(o.handle)
+
+
+def _wait_runs_ended(provider: LocalProvider, *names: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _runs_ended(provider, *names):
+        time.sleep(0.1)
+
+
 def _runs_ended(provider: LocalProvider, *names: str) -> bool:
     jobs = {o.handle.address: o.job for o in provider.observe()}
     return all(jobs[f"cluster.{n}"] == JobState.SUCCEEDED for n in names)
 
 
-def test_idle_clusters_stop_or_go_down(tmp_path: Path) -> None:
-    provider = LocalProvider(tmp_path / "home", grace_s=0.5)
-    try:
-        _cluster(provider, "idle", "1", tmp_path)
-        _cluster(provider, "gone", "{idle_minutes: 1, down: true}", tmp_path)
-        _cluster(provider, "busy", "30", tmp_path)
-        # Launched as long ago as the others, but its run is still going: busy, as in SkyPilot.
-        _cluster(provider, "training", "1", tmp_path, run="sleep 120")
-        assert enforce({"local": provider}, time.time()) == []  # nobody idle yet
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _runs_ended(provider, "idle", "gone", "busy"):
-            time.sleep(0.1)
-        later = time.time() + 5 * 60
-        stopped = enforce({"local": provider}, later)
-        assert sorted((s.address, s.down) for s in stopped) == [
-            ("cluster.gone", True),
-            ("cluster.idle", False),
-        ]
-        states = {o.handle.address: o.status for o in provider.observe()}
-        assert states == {
-            "cluster.idle": ResourceStatus.STOPPED,
-            "cluster.busy": ResourceStatus.UP,
-            "cluster.training": ResourceStatus.UP,
-        }
-        assert enforce({"local": provider}, later) == []  # stopped clusters are left alone
-    finally:
-        for o in provider.observe():
-            provider.terminate(o.handle)
+def test_idle_clusters_stop_or_go_down(provider: LocalProvider, tmp_path: Path) -> None:
+    _cluster(provider, "idle", "1", tmp_path)
+    _cluster(provider, "gone", "{idle_minutes: 1, down: true}", tmp_path)
+    _cluster(provider, "busy", "30", tmp_path)
+    # Launched as long ago as the others, but its run is still going: busy, as in SkyPilot.
+    _cluster(provider, "training", "1", tmp_path, run="sleep 120")
+    assert enforce({"local": provider}, time.time()) == []  # nobody idle yet
+    _wait_runs_ended(provider, "idle", "gone", "busy")
+    later = time.time() + 5 * 60
+    stopped = enforce({"local": provider}, later)
+    assert sorted((s.address, s.down) for s in stopped) == [
+        ("cluster.gone", True),
+        ("cluster.idle", False),
+    ]
+    states = {o.handle.address: o.status for o in provider.observe()}
+    assert states == {
+        "cluster.idle": ResourceStatus.STOPPED,
+        "cluster.busy": ResourceStatus.UP,
+        "cluster.training": ResourceStatus.UP,
+    }
+    assert enforce({"local": provider}, later) == []  # stopped clusters are left alone
 
 
-def test_an_autostop_changed_on_a_running_cluster_takes_effect(tmp_path: Path) -> None:
-    provider = LocalProvider(tmp_path / "home", grace_s=0.5)
-    try:
-        _cluster(provider, "dev", "30", tmp_path)
-        (before,) = provider.observe()
-        assert (before.autostop_minutes, before.autostop_down) == (30, False)
-        # `skyform apply` of an edited file relaunches with the same id: the nodes are adopted.
-        _cluster(provider, "dev", "{idle_minutes: 2, down: true}", tmp_path)
-        (after,) = provider.observe()
-        assert after.handle.resource_id == before.handle.resource_id
-        assert (after.autostop_minutes, after.autostop_down) == (2, True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _runs_ended(provider, "dev"):
-            time.sleep(0.1)
-        assert [s.address for s in enforce({"local": provider}, time.time() + 5 * 60)] == [
-            "cluster.dev"
-        ]
-        assert provider.observe() == []  # down: torn down, not stopped
-    finally:
-        for o in provider.observe():
-            provider.terminate(o.handle)
+def test_an_autostop_changed_on_a_running_cluster_takes_effect(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    _cluster(provider, "dev", "30", tmp_path)
+    (before,) = provider.observe()
+    assert (before.autostop_minutes, before.autostop_down) == (30, False)
+    # `skyform apply` of an edited file relaunches with the same id: the nodes are adopted.
+    _cluster(provider, "dev", "{idle_minutes: 2, down: true}", tmp_path)
+    (after,) = provider.observe()
+    assert after.handle.resource_id == before.handle.resource_id
+    assert (after.autostop_minutes, after.autostop_down) == (2, True)
+    _wait_runs_ended(provider, "dev")
+    assert [s.address for s in enforce({"local": provider}, time.time() + 5 * 60)] == [
+        "cluster.dev"
+    ]
+    assert provider.observe() == []  # down: torn down, not stopped
 
 
-def test_removing_autostop_from_a_running_cluster_turns_it_off(tmp_path: Path) -> None:
-    provider = LocalProvider(tmp_path / "home", grace_s=0.5)
-    try:
-        _cluster(provider, "dev", "1", tmp_path)
-        _cluster(provider, "dev", "false", tmp_path)
-        (after,) = provider.observe()
-        assert after.autostop_minutes is None
-        assert enforce({"local": provider}, time.time() + 60 * 60) == []
-    finally:
-        for o in provider.observe():
-            provider.terminate(o.handle)
+def test_removing_autostop_from_a_running_cluster_turns_it_off(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    _cluster(provider, "dev", "1", tmp_path)
+    _cluster(provider, "dev", "false", tmp_path)
+    (after,) = provider.observe()
+    assert after.autostop_minutes is None
+    assert enforce({"local": provider}, time.time() + 60 * 60) == []

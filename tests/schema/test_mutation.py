@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schema.errors import SpecError
@@ -111,6 +111,8 @@ def test_arbitrary_text_raises_only_spec_error(text: str) -> None:
         max_leaves=20,
     )
 )
+@example({"skyform": {"resources": None, "depends_on": True}})  # found by this test in CI
+@example({"skyform": {"depends_on": {"x": 1}}})
 def test_arbitrary_structures_raise_only_spec_error(data: object) -> None:
     import json
 
