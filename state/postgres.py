@@ -29,6 +29,9 @@ _RETRYABLE = (
 )
 
 
+IDLE_IN_TRANSACTION_S = 5.0
+
+
 class PostgresDb:
     """One autocommit connection; `begin`/`commit` are explicit statements, as for SQLite."""
 
@@ -39,6 +42,13 @@ class PostgresDb:
         self.description = redact_url(url)
         try:
             self._conn = psycopg.connect(url, autocommit=True, connect_timeout=connect_timeout)
+            # A process frozen inside a transaction (SIGSTOP, a paused VM) would hold the meta
+            # row lock every writer queues on, leader election included, for as long as it is
+            # frozen: the server ends such a session instead, and its transaction with it.
+            # Skyform's transactions never wait on anything but the database.
+            self._conn.execute(
+                f"SET idle_in_transaction_session_timeout = {int(IDLE_IN_TRANSACTION_S * 1000)}"
+            )
         except psycopg.Error as exc:
             raise StateError(
                 f"cannot connect to the PostgreSQL state store {self.description}: {exc}".strip()
