@@ -13,9 +13,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -32,20 +31,9 @@ from applier.providers.local_machine import Gpu, LocalCaps, Machine, parse_nvidi
 from applier.providers.local_node import is_alive, proc_stat, read_json
 from schema.errors import CapacityError, ProviderError
 from schema.loader import load_tasks
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

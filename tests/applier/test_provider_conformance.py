@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -37,19 +37,7 @@ from schema.loader import load_tasks
 from schema.task import Task
 from tests.cloud_support.fixtures import aws, client_key, fake_ec2, fake_gce, gcp, sshd  # noqa: F401
 from tests.cloud_support.worlds import World
-
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
+from tests.waiting import wait_for
 
 
 def task(yaml: str) -> Task:

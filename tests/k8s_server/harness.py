@@ -3,12 +3,10 @@ launch requests, bounded waits."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from applier.provider import LaunchRequest, Placement, ResourceKind
 from applier.providers.kubernetes import KubernetesProvider
@@ -16,7 +14,6 @@ from applier.providers.kubernetes_api import ContextSettings
 from schema.loader import load_tasks
 from tests.k8s_server.server import FakeApiServer
 
-T = TypeVar("T")
 H100_LABELS = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 T4_LABELS = {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
 GPU_JOB = "resources:\n  accelerators: H100:2\nrun: python train.py\n"
@@ -80,17 +77,6 @@ def request(
         num_nodes=num_nodes,
         ports=ports,
     )
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,8 +23,8 @@ from applier.provider import Handle, Placement
 from applier.providers.fake import Call, FakeProvider, PlaceRule
 from applier.providers.local import LocalProvider
 from applier.providers.local_node import is_alive, read_json
+from tests.waiting import wait_for
 
-T = TypeVar("T")
 EAST = Placement("aws", "us-east-1")
 WEST = Placement("aws", "us-west-2")
 GCP = Placement("gcp", "us-central1")
@@ -356,17 +355,6 @@ def test_attempt_ids_differ_in_their_first_eight_characters_and_parse_back() -> 
 # ---- the real controller process over the local provider ----------------------------------
 
 LOCAL = Placement("local", cpus=0.1, memory_gib=0.1)
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from applier.interactive import for_provider
 from applier.provider import Handle, LaunchRequest, ObservedResource, ResourceKind
 from applier.providers import kubernetes_pods as pods
 from applier.providers.kubernetes import KubernetesProvider
-from tests.k8s_server.harness import Kube, request, wait_for
+from tests.k8s_server.harness import Kube, request
+from tests.waiting import wait_for
 
 UP_FOR_S = 3600.0  # the clusters here were launched an hour ago
 
